@@ -1,0 +1,225 @@
+"""Load a GPT-2-architecture checkpoint in Hugging Face layout from a folder, an fsspec URL or a Hub id.
+
+A checkpoint is three files: `config.json`, `model.safetensors`, `tokenizer.json`. Everything that can
+be wrong with them is reported as an `NxInputError` before any table is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
+
+log = logging.getLogger(__name__)
+
+FILES = ("config.json", "model.safetensors", "tokenizer.json")
+BUNDLED = "bundled"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "model"
+BUNDLED_NAME = "nx-tiny-gpt2"
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    source: str
+    folder: Path
+    config: GPT2Config
+    sha256: str  # of model.safetensors
+    files_sha256: dict[str, str]
+
+    @property
+    def data_version(self) -> str:
+        """Changes whenever any of the three files changes: marks everything downstream stale."""
+        return hashlib.sha256("".join(self.files_sha256[f] for f in FILES).encode()).hexdigest()[:16]
+
+    def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT2:
+        return load_weights(self.folder / "model.safetensors", self.config).to(device=device, dtype=dtype)
+
+    def load_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        try:
+            return Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise NxInputError(
+                f"tokenizer {self.folder / 'tokenizer.json'}", f"cannot be read ({e})",
+                "provide a Hugging Face `tokenizers` tokenizer.json saved with the checkpoint",
+            ) from e
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(source: str | None) -> tuple[str, Path]:
+    """Map NX_MODEL's value to (display name, local folder), fetching remote files into a cache."""
+    source = (source or "").strip() or BUNDLED
+    if source == BUNDLED:
+        return BUNDLED_NAME, BUNDLED_DIR
+    if "://" in source:
+        return source.rstrip("/").rsplit("/", 1)[-1], _fetch_fsspec(source)
+    path = Path(source).expanduser()
+    if path.exists() or source.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise NxInputError(
+                f"model {source!r}", "is not a folder", "point NX_MODEL at a folder holding " + ", ".join(FILES)
+            )
+        return path.resolve().name, path.resolve()
+    return source, _fetch_hub(source)
+
+
+def _cache_dir(key: str) -> Path:
+    root = Path(os.environ.get("NX_CACHE", Path.home() / ".cache" / "nx_dagster"))
+    return root / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _fetch_fsspec(url: str) -> Path:
+    import fsspec
+
+    dest = _cache_dir(url)
+    dest.mkdir(parents=True, exist_ok=True)
+    fs, root = fsspec.core.url_to_fs(url)
+    for name in FILES:
+        target = dest / name
+        remote = f"{root.rstrip('/')}/{name}"
+        try:
+            size = fs.info(remote)["size"]
+        except FileNotFoundError:
+            raise NxInputError(f"model {url!r}", f"has no {name}", "upload " + ", ".join(FILES)) from None
+        if target.exists() and target.stat().st_size == size:
+            continue
+        tmp = target.with_suffix(".part")
+        fs.get(remote, str(tmp))
+        tmp.replace(target)
+    return dest
+
+
+def _fetch_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise NxInputError(
+            f"model {repo_id!r}", "is neither a local folder nor a URL, and huggingface_hub is not installed",
+            "pip install huggingface_hub, or download the checkpoint and set NX_MODEL to its folder",
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(FILES)))
+    except Exception as e:
+        raise NxInputError(
+            f"model {repo_id!r}", f"could not be downloaded from the Hugging Face Hub ({type(e).__name__})",
+            "check the id and the network, or download it elsewhere and set NX_MODEL to the local folder",
+        ) from e
+
+
+def read_config(folder: Path, label: str) -> GPT2Config:
+    path = folder / "config.json"
+    if not path.exists():
+        raise NxInputError(f"model {label}", f"has no config.json in {folder}", "use a Hugging Face GPT-2 checkpoint folder")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise NxInputError(f"model config {path}", f"is not valid JSON ({e})", "restore config.json") from e
+    if raw.get("model_type") != "gpt2":
+        raise NxInputError(
+            f"model {label}", f"has model_type {raw.get('model_type')!r}, not 'gpt2'",
+            "nx_dagster reads GPT-2-architecture checkpoints only (gpt2, gpt2-medium/large/xl or the same shape)",
+        )
+    unsupported = {
+        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "scale_attn_weights": True,
+    }
+    for key, want in unsupported.items():
+        if raw.get(key, want) != want:
+            raise NxInputError(f"model config {path}", f"sets {key}={raw[key]!r}", f"only {key}={want} is supported")
+    try:
+        n_embd = int(raw["n_embd"])
+        return GPT2Config(
+            n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=n_embd,
+            n_inner=int(raw.get("n_inner") or 4 * n_embd), n_positions=int(raw["n_positions"]),
+            vocab_size=int(raw["vocab_size"]), layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        )
+    except KeyError as e:
+        raise NxInputError(f"model config {path}", f"lacks {e.args[0]}", "use a complete GPT-2 config.json") from None
+
+
+def open_checkpoint(source: str | None = None) -> Checkpoint:
+    """Resolve and validate a checkpoint without loading its weights into a model."""
+    name, folder = resolve(source)
+    label = repr(source or BUNDLED)
+    for f in FILES:
+        if not (folder / f).exists():
+            raise NxInputError(f"model {label}", f"has no {f} in {folder}", "a checkpoint needs " + ", ".join(FILES))
+    config = read_config(folder, label)
+    hashes = {f: _sha256(folder / f) for f in FILES}
+    ckpt = Checkpoint(name, source or BUNDLED, folder, config, hashes["model.safetensors"], hashes)
+    vocab = ckpt.load_tokenizer().get_vocab_size(with_added_tokens=True)
+    if vocab > config.vocab_size:
+        raise NxInputError(
+            f"tokenizer {folder / 'tokenizer.json'}",
+            f"has {vocab} tokens but the model's vocab_size is {config.vocab_size}",
+            "use the tokenizer saved with this checkpoint",
+        )
+    return ckpt
+
+
+def _strip(key: str) -> str:
+    return key[len("transformer."):] if key.startswith("transformer.") else key
+
+
+def load_weights(path: Path, cfg: GPT2Config) -> GPT2:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        raw = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise NxInputError(f"weights {path}", f"cannot be read ({e})", "re-download or re-save model.safetensors") from e
+    sd = {_strip(k): v.float() for k, v in raw.items()}
+    d, n = cfg.n_embd, cfg.n_inner
+
+    def get(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if key not in sd:
+            raise NxInputError(f"weights {path}", f"lack the tensor {key!r}", "use a complete GPT-2 checkpoint")
+        t = sd[key]
+        if tuple(t.shape) != shape:
+            raise NxInputError(
+                f"weights {path}", f"{key} has shape {tuple(t.shape)}, config.json implies {shape}",
+                "use the config.json saved with these weights",
+            )
+        return t
+
+    blocks = []
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        blocks.append(Block(
+            ln_1_w=get(p + "ln_1.weight", (d,)), ln_1_b=get(p + "ln_1.bias", (d,)),
+            attn_w=get(p + "attn.c_attn.weight", (d, 3 * d)).t().contiguous(),
+            attn_b=get(p + "attn.c_attn.bias", (3 * d,)),
+            attn_proj_w=get(p + "attn.c_proj.weight", (d, d)).t().contiguous(),
+            attn_proj_b=get(p + "attn.c_proj.bias", (d,)),
+            ln_2_w=get(p + "ln_2.weight", (d,)), ln_2_b=get(p + "ln_2.bias", (d,)),
+            fc_w=get(p + "mlp.c_fc.weight", (d, n)).t().contiguous(), fc_b=get(p + "mlp.c_fc.bias", (n,)),
+            proj_w=get(p + "mlp.c_proj.weight", (n, d)).t().contiguous(), proj_b=get(p + "mlp.c_proj.bias", (d,)),
+        ))
+    return GPT2(
+        cfg, get("wte.weight", (cfg.vocab_size, d)), get("wpe.weight", (cfg.n_positions, d)), blocks,
+        get("ln_f.weight", (d,)), get("ln_f.bias", (d,)),
+    )
+
+
+def raw_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors in Hugging Face orientation (Conv1D [in, out]), prefix stripped."""
+    from safetensors.torch import load_file
+
+    return {_strip(k): v.float() for k, v in load_file(str(ckpt.folder / "model.safetensors")).items()}

@@ -1,0 +1,167 @@
+"""The lakehouse catalog: DuckLake over Parquet under NX_HOME, one snapshot per write.
+
+Layout of a local NX_HOME:  catalog.sqlite (the DuckLake metadata), data/ (Parquet files),
+.catalog.lock (serializes writers). A SQLite-backed DuckLake admits one committing process at a time;
+writers take an exclusive file lock around their commit and retry on "database is locked", so several
+processes can write partitions at once and all of them land. Readers need no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.storage.extensions import load_extension
+from nx_dagster.storage.schema import TABLES
+
+log = logging.getLogger(__name__)
+ALIAS = "nx"
+DEFAULT_HOME = "./nx_data"
+
+
+def home_from_env() -> str:
+    return os.environ.get("NX_HOME") or DEFAULT_HOME
+
+
+def _is_locked_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return "database is locked" in text or "database is busy" in text or "conflict" in text
+
+
+class Catalog:
+    def __init__(self, home: str | os.PathLike | None = None):
+        home = str(home or home_from_env())
+        if "://" in home:
+            raise NxInputError(
+                f"NX_HOME {home!r}", "object storage is not supported by this version yet",
+                "set NX_HOME to a local folder",
+            )
+        self.home = Path(home).expanduser().resolve()
+        self.data_path = self.home / "data"
+        self.catalog_path = self.home / "catalog.sqlite"
+        self.lock_path = self.home / ".catalog.lock"
+
+    def check_writable(self) -> None:
+        """Fail early, before any computation, if NX_HOME cannot take writes."""
+        try:
+            self.data_path.mkdir(parents=True, exist_ok=True)
+            probe = self.home / f".write-probe-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise NxInputError(
+                f"NX_HOME {str(self.home)!r}", f"is not writable ({e.strerror or e})",
+                "point NX_HOME at a folder you can write to, or fix its permissions",
+            ) from e
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the catalog attached as `nx` and selected, tables created."""
+        self.check_writable()
+        con = duckdb.connect()
+        for ext in ("sqlite", "ducklake"):
+            load_extension(con, ext)
+        self._retry(lambda: con.execute(
+            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
+            f"(DATA_PATH '{self.data_path}/')"
+        ))
+        con.execute(f"USE {ALIAS}")
+        existing = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
+        missing = [t for t in TABLES if t not in existing]
+        if missing:
+            with self._writer_lock():
+                for t in missing:
+                    self._retry(lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({TABLES[t]})"))
+        return con
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _writer_lock(self):
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _retry(fn, attempts: int = 30):
+        for i in range(attempts):
+            try:
+                return fn()
+            except duckdb.Error as e:
+                if not _is_locked_error(e) or i == attempts - 1:
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
+
+    def replace(
+        self, table: str, rows: pa.Table, keys: dict[str, object], message: str = "",
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> int:
+        """Atomically delete the rows matching `keys` (a partition) and insert `rows`.
+
+        `keys` maps column -> value or list of values. Returns the DuckLake snapshot id of the commit.
+        Either the whole replacement lands or nothing does.
+        """
+        if table not in TABLES:
+            raise KeyError(f"unknown table {table}")
+        where, params = [], []
+        for col, val in keys.items():
+            if isinstance(val, (list, tuple, set, range)):
+                vals = list(val)
+                where.append(f"{col} IN ({', '.join('?' * len(vals))})" if vals else "FALSE")
+                params.extend(vals)
+            elif val is None:
+                where.append(f"{col} IS NULL")
+            else:
+                where.append(f"{col} = ?")
+                params.append(val)
+        cond = " AND ".join(where) or "TRUE"
+        own = con is None
+        con = con or self.connect()
+        try:
+            with self._writer_lock():
+                return self._retry(lambda: self._commit(con, table, rows, cond, params, message))
+        finally:
+            if own:
+                con.close()
+
+    @staticmethod
+    def _commit(con, table, rows, cond, params, message) -> int:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"DELETE FROM {table} WHERE {cond}", params)
+            if rows.num_rows:
+                con.register("_incoming", rows)
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+                con.unregister("_incoming")
+            if message:
+                con.execute(f"CALL {ALIAS}.set_commit_message('nx_dagster', ?)", [message])
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
+
+    def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
+        with self.session() as con:
+            return self._retry(lambda: con.execute(sql, params or []).fetch_arrow_table())
