@@ -23,4 +23,31 @@ TABLES: dict[str, str] = {
     "gelu_fix_impact": """
         model VARCHAR, corpus VARCHAR, layer INTEGER, n BIGINT, median DOUBLE, p90 DOUBLE, p99 DOUBLE,
         p999 DOUBLE, max DOUBLE, mean DOUBLE""",
+    "neuron_connections": """
+        model VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
+        other_layer INTEGER, other_neuron INTEGER, weight FLOAT""",
+    "token_connections": """
+        model VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
+        token_id INTEGER, token VARCHAR, weight FLOAT""",
+    "token_activation_summary": """
+        model VARCHAR, corpus VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER, rank INTEGER,
+        token_id INTEGER, token VARCHAR, mean_activation FLOAT, count BIGINT""",
+    "explanations": """
+        explanation_id VARCHAR, model VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER,
+        explainer VARCHAR, explainer_model VARCHAR, prompt_version VARCHAR, candidate INTEGER,
+        explanation VARCHAR, failure_reason VARCHAR, created_at TIMESTAMP WITH TIME ZONE""",
+    "simulations": """
+        explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, gelu_variant VARCHAR,
+        simulator VARCHAR, simulator_model VARCHAR, sequence_id BIGINT, kind VARCHAR, split VARCHAR,
+        expected_activations FLOAT[], true_activations FLOAT[], failure_reason VARCHAR""",
+    "scores": """
+        explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, explanation_gelu_variant VARCHAR,
+        gelu_variant VARCHAR, simulator VARCHAR, simulator_model VARCHAR, ev_correlation DOUBLE,
+        ev_correlation_top DOUBLE, ev_correlation_random DOUBLE, rsquared DOUBLE, absolute_dev_explained DOUBLE,
+        calibrated_rsquared DOUBLE, n_tokens BIGINT, failure_reason VARCHAR""",
+    "llm_calls": """
+        call_key VARCHAR, endpoint VARCHAR, model VARCHAR, kind VARCHAR, request_json VARCHAR,
+        response_json VARCHAR, status VARCHAR, http_status INTEGER, error VARCHAR, prompt_tokens BIGINT,
+        completion_tokens BIGINT, cost_usd DOUBLE, latency_s DOUBLE, attempts INTEGER,
+        created_at TIMESTAMP WITH TIME ZONE""",
 }
