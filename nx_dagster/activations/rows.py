@@ -1,0 +1,82 @@
+"""Turn recorded layers into rows of the public tables `activation_records` and `neuron_stats`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from nx_dagster.activations.recorder import LayerRecord
+
+TOP_SPLITS = ("train", "calibration", "valid", "test")  # round-robin by rank
+RANDOM_SPLITS = ("calibration", "valid", "test")
+
+
+def _float_lists(acts: np.ndarray) -> pa.Array:
+    n, t = acts.shape
+    offsets = pa.array(np.arange(0, (n + 1) * t, t, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(acts.reshape(-1).astype(np.float32)))
+
+
+def record_rows(rec: LayerRecord, model: str, corpus: str, gelu_variant: str) -> pa.Table:
+    parts: list[dict[str, np.ndarray]] = []
+    for kind, (seq, acts) in (("top", rec.top), ("random", rec.random)):
+        seq, acts = seq.numpy(), acts.numpy()
+        n, k = seq.shape
+        ranks = np.broadcast_to(np.arange(k), (n, k))
+        splits = np.array(TOP_SPLITS if kind == "top" else RANDOM_SPLITS, dtype=object)
+        parts.append({"kind": np.full((n, k), kind, dtype=object), "quantile": np.full((n, k), -1),
+                      "rank": ranks, "split": splits[ranks % len(splits)], "seq": seq, "acts": acts,
+                      "neuron": np.broadcast_to(rec.neurons.numpy()[:, None], (n, k))})
+    bins, seq, acts = (t.numpy() for t in rec.quantile)
+    n, m = seq.shape
+    per_bin = m // 5
+    parts.append({"kind": np.full((n, m), "quantile", dtype=object), "quantile": bins,
+                  "rank": np.broadcast_to(np.arange(m) % per_bin, (n, m)), "split": np.full((n, m), None, dtype=object),
+                  "seq": seq, "acts": acts, "neuron": np.broadcast_to(rec.neurons.numpy()[:, None], (n, m))})
+    cols = {k: np.concatenate([p[k].reshape(-1) for p in parts]) for k in ("kind", "quantile", "rank", "split", "seq", "neuron")}
+    acts = np.concatenate([p["acts"].reshape(-1, p["acts"].shape[-1]) for p in parts])
+    keep = cols["seq"] >= 0  # a corpus smaller than k leaves empty slots
+    order = np.lexsort((cols["rank"][keep], cols["quantile"][keep], _kind_order(cols["kind"][keep]), cols["neuron"][keep]))
+    sel = {k: v[keep][order] for k, v in cols.items()}
+    acts = acts[keep][order]
+    n_rows = len(sel["seq"])
+    q = sel["quantile"].astype(np.int32)
+    return pa.table({
+        "model": pa.array([model] * n_rows, pa.string()),
+        "corpus": pa.array([corpus] * n_rows, pa.string()),
+        "gelu_variant": pa.array([gelu_variant] * n_rows, pa.string()),
+        "layer": pa.array(np.full(n_rows, rec.layer, dtype=np.int32)),
+        "neuron": pa.array(sel["neuron"].astype(np.int32)),
+        "kind": pa.array(sel["kind"], pa.string()),
+        "quantile": pa.array(q, mask=q < 0),
+        "rank": pa.array(sel["rank"].astype(np.int32)),
+        "split": pa.array(sel["split"], pa.string()),
+        "sequence_id": pa.array(sel["seq"].astype(np.int64)),
+        "max_activation": pa.array(acts.max(axis=1).astype(np.float32)),
+        "activations": _float_lists(acts),
+    })
+
+
+def _kind_order(kinds: np.ndarray) -> np.ndarray:
+    return np.select([kinds == "top", kinds == "random"], [0, 1], 2)
+
+
+def stats_rows(rec: LayerRecord, model: str, corpus: str, gelu_variant: str) -> pa.Table:
+    s = {k: v.numpy() for k, v in rec.stats.items()}
+    n = len(rec.neurons)
+    b = s["boundaries"].astype(np.float64)
+    return pa.table({
+        "model": pa.array([model] * n, pa.string()),
+        "corpus": pa.array([corpus] * n, pa.string()),
+        "gelu_variant": pa.array([gelu_variant] * n, pa.string()),
+        "layer": pa.array(np.full(n, rec.layer, dtype=np.int32)),
+        "neuron": pa.array(rec.neurons.numpy().astype(np.int32)),
+        "n_tokens": pa.array(np.full(n, rec.n_tokens, dtype=np.int64)),
+        "mean": pa.array(s["mean"], from_pandas=True),
+        "variance": pa.array(s["variance"], from_pandas=True),
+        "skewness": pa.array(s["skewness"], from_pandas=True),  # NaN (constant neuron) -> NULL
+        "kurtosis": pa.array(s["kurtosis"], from_pandas=True),
+        "max_activation": pa.array(s["max"]),
+        "quantile_boundaries": pa.ListArray.from_arrays(pa.array(np.arange(0, 4 * n + 1, 4, dtype=np.int32)),
+                                                        pa.array(b.reshape(-1))),
+    })

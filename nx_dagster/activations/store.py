@@ -1,0 +1,43 @@
+"""Per-neuron exact top-k by integer key, with the activations of the chosen sequences.
+
+Memory is [neurons, k, seq_len] whatever the corpus size. Each batch costs one comparison over
+[batch, neurons] keys; only neurons with a new winner take a `topk`, and only winners are copied.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EMPTY = -1  # real keys are >= 0
+
+
+class TopKStore:
+    def __init__(self, n_neurons: int, k: int, seq_len: int, device, dtype=torch.float32):
+        self.k = k
+        self.keys = torch.full((n_neurons, k), EMPTY, dtype=torch.int64, device=device)
+        self.acts = torch.zeros((n_neurons, k, seq_len), dtype=dtype, device=device)
+
+    def update(self, batch_keys: torch.Tensor, post: torch.Tensor) -> None:
+        """batch_keys [B, N] int64 (EMPTY = not a candidate); post [B, T, N] activations of the batch."""
+        floor = self.keys.min(dim=1).values  # [N]
+        better = batch_keys > floor[None, :]
+        cols = better.any(dim=0).nonzero().squeeze(1)  # neurons with at least one candidate
+        if cols.numel() == 0:
+            return
+        k = self.k
+        pool = torch.cat([self.keys[cols], batch_keys[:, cols].T], dim=1)  # [n', k + B]
+        chosen = torch.zeros_like(pool, dtype=torch.bool).scatter_(1, pool.topk(k, dim=1).indices, True)
+        # Evicted old slots and winning batch rows come out of nonzero() grouped by neuron, in equal
+        # numbers per neuron, so the i-th winner takes the i-th evicted slot.
+        ev_row, ev_slot = (~chosen[:, :k]).nonzero(as_tuple=True)
+        win_row, win_b = chosen[:, k:].nonzero(as_tuple=True)
+        if ev_row.numel() == 0:
+            return
+        neuron = cols[ev_row]
+        self.keys[neuron, ev_slot] = batch_keys[win_b, cols[win_row]]
+        self.acts[neuron, ev_slot] = post[win_b, :, cols[win_row]].to(self.acts.dtype)
+
+    def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""
+        order = self.keys.argsort(dim=1, descending=True)
+        return self.keys.gather(1, order), self.acts[torch.arange(len(order), device=order.device)[:, None], order]

