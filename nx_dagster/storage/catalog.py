@@ -13,9 +13,11 @@ import fcntl
 import logging
 import os
 import random
+import shutil
 import time
+import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -113,46 +115,67 @@ class Catalog:
                 time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
 
     def replace(
-        self, table: str, rows: pa.Table, keys: dict[str, object], message: str = "",
+        self, table: str, rows: pa.Table | str | Iterable[pa.Table], keys: dict[str, object], message: str = "",
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
         """Atomically delete the rows matching `keys` (a partition) and insert `rows`.
 
-        `keys` maps column -> value or list of values. Returns the DuckLake snapshot id of the commit.
-        Either the whole replacement lands or nothing does.
+        `keys` maps column -> value or list of values. `rows` is a table, or an iterable of tables that
+        is first staged to Parquet under NX_HOME/staging (memory stays flat; the lock is held only for
+        the commit). Returns the DuckLake snapshot id. Either the whole replacement lands or nothing does.
         """
-        if table not in TABLES:
-            raise KeyError(f"unknown table {table}")
-        where, params = [], []
-        for col, val in keys.items():
-            if isinstance(val, (list, tuple, set, range)):
-                vals = list(val)
-                where.append(f"{col} IN ({', '.join('?' * len(vals))})" if vals else "FALSE")
-                params.extend(vals)
-            elif val is None:
-                where.append(f"{col} IS NULL")
-            else:
-                where.append(f"{col} = ?")
-                params.append(val)
-        cond = " AND ".join(where) or "TRUE"
-        own = con is None
-        con = con or self.connect()
+        return self.replace_many([(table, rows, keys)], message, con)
+
+    def replace_many(
+        self, writes: list[tuple[str, pa.Table | str | Iterable[pa.Table], dict[str, object]]], message: str = "",
+        con: duckdb.DuckDBPyConnection | None = None,
+    ) -> int:
+        """Several partition replacements in one transaction: one snapshot, all or nothing."""
+        with contextlib.ExitStack() as stack:
+            prepared = []
+            for table, rows, keys in writes:
+                if table not in TABLES:
+                    raise KeyError(f"unknown table {table}")
+                if not isinstance(rows, (pa.Table, str)):
+                    rows = stack.enter_context(self._staged(rows))
+                prepared.append((table, rows, *_where(keys)))
+            own = con is None
+            con = con or self.connect()
+            try:
+                with self._writer_lock():
+                    return self._retry(lambda: self._commit(con, prepared, message))
+            finally:
+                if own:
+                    con.close()
+
+    @contextlib.contextmanager
+    def _staged(self, tables: Iterable[pa.Table]) -> Iterator[str]:
+        import pyarrow.parquet as pq
+
+        folder = self.home / "staging" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
         try:
-            with self._writer_lock():
-                return self._retry(lambda: self._commit(con, table, rows, cond, params, message))
+            n = 0
+            for i, t in enumerate(tables):
+                pq.write_table(t, folder / f"part-{i:06d}.parquet")
+                n += 1
+            yield f"read_parquet('{folder}/*.parquet')" if n else ""
         finally:
-            if own:
-                con.close()
+            shutil.rmtree(folder, ignore_errors=True)
 
     @staticmethod
-    def _commit(con, table, rows, cond, params, message) -> int:
+    def _commit(con, prepared, message) -> int:
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"DELETE FROM {table} WHERE {cond}", params)
-            if rows.num_rows:
-                con.register("_incoming", rows)
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
-                con.unregister("_incoming")
+            for table, rows, cond, params in prepared:
+                con.execute(f"DELETE FROM {table} WHERE {cond}", params)
+                if isinstance(rows, str):
+                    if rows:
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {rows}")
+                elif rows.num_rows:
+                    con.register("_incoming", rows)
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+                    con.unregister("_incoming")
             if message:
                 con.execute(f"CALL {ALIAS}.set_commit_message('nx_dagster', ?)", [message])
             con.execute("COMMIT")
@@ -165,3 +188,18 @@ class Catalog:
     def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
         with self.session() as con:
             return self._retry(lambda: con.execute(sql, params or []).fetch_arrow_table())
+
+
+def _where(keys: dict[str, object]) -> tuple[str, list]:
+    where, params = [], []
+    for col, val in keys.items():
+        if isinstance(val, (list, tuple, set, range)):
+            vals = list(val)
+            where.append(f"{col} IN ({', '.join('?' * len(vals))})" if vals else "FALSE")
+            params.extend(vals)
+        elif val is None:
+            where.append(f"{col} IS NULL")
+        else:
+            where.append(f"{col} = ?")
+            params.append(val)
+    return " AND ".join(where) or "TRUE", params

@@ -1,0 +1,164 @@
+"""`nxd`: run the pipeline through the Dagster instance, and query the catalog in SQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+STAGES = ("activations", "connections", "explanations", "scores")
+AVAILABLE = {"activations"}
+
+
+def _instance():
+    """The project's Dagster instance: $DAGSTER_HOME if set, else ./dagster.yaml (as `dagster dev`
+    from the repository root uses it), else an instance under NX_HOME/.dagster."""
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    cwd = Path.cwd()
+    if (cwd / "dagster.yaml").exists():
+        home = cwd / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(cwd)))
+    from nx_dagster.storage.catalog import home_from_env
+
+    home = Path(home_from_env()).expanduser().resolve() / ".dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def _resource(args):
+    from assets.resources import NxResource
+
+    return NxResource(home=args.home or "", model=args.model or "", corpus=args.corpus or "",
+                      max_sequences=args.max_sequences or 0, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size, seq_len=args.seq_len)
+
+
+def cmd_run(args) -> int:
+    import dagster as dg
+
+    from assets.definitions import defs
+    from nx_dagster.corpus.sequences import iter_sequence_batches, token_strings
+    from nx_dagster.model.gelu import parse_variants
+    from nx_dagster.ranges import contiguous_runs, parse_ranges
+
+    stages = [s.strip() for s in (args.stages or ",".join(AVAILABLE)).split(",") if s.strip()]
+    for s in stages:
+        if s not in STAGES:
+            raise _input_error(f"stage {s!r}", "is not a stage", f"use some of {', '.join(STAGES)}")
+        if s not in AVAILABLE:
+            raise _input_error(f"stage {s!r}", "is not built yet in this version", f"use {', '.join(sorted(AVAILABLE))}")
+    variants = parse_variants(args.variants)
+    nx = _resource(args)
+    # Validate every input before anything runs, so bad input changes no table.
+    nx.catalog.check_writable()
+    subject = nx.subject
+    cfg = subject.ckpt.config
+    layer_list = parse_ranges(args.layers, "layers", cfg.n_layer) or list(range(cfg.n_layer))
+    neurons = parse_ranges(args.neurons, "neurons", cfg.n_neurons)
+    if neurons and len(contiguous_runs(neurons)) > 1:
+        raise _input_error(f"neurons {args.neurons!r}", "is not one contiguous range", "use a range like 0-511")
+    tok = subject.ckpt.load_tokenizer()
+    next(iter_sequence_batches(subject.corpus, tok, subject.name, token_strings(tok), batch_rows=1))
+
+    definitions = defs()
+    all_assets = list(definitions.assets)
+    instance = _instance()
+    resources = {"nx": nx}
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+    def run(selection: list[str], **kw) -> None:
+        label = ", ".join(selection) + (f" (layers {kw['tags']['dagster/asset_partition_range_start']}-"
+                                        f"{kw['tags']['dagster/asset_partition_range_end']})" if "tags" in kw else "")
+        print(f"nxd: materializing {label}", file=sys.stderr, flush=True)
+        result = dg.materialize(all_assets, selection=selection, instance=instance, resources=resources,
+                                run_config=kw.pop("run_config", run_config), raise_on_error=False, **kw)
+        if not result.success:
+            raise SystemExit(f"nxd: run {result.run_id} failed ({label}); see the Dagster UI or the log above")
+        print(f"nxd: done {label} (run {result.run_id})", file=sys.stderr, flush=True)
+
+    if "activations" in stages:
+        run(["model", "sequences"])
+        for rng in contiguous_runs(layer_list):
+            cfgs = dict(run_config)
+            if neurons:
+                cfgs["ops"] = {f"{v}__activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} for v in variants}
+            run([f"{v}/activations" for v in variants], run_config=cfgs,
+                tags={"dagster/asset_partition_range_start": str(rng.start),
+                      "dagster/asset_partition_range_end": str(rng.stop - 1)})
+        if set(variants) == {"pre_fix", "post_fix"}:
+            run(["gelu_fix_impact"])
+    return 0
+
+
+def _input_error(what, problem, fix):
+    from nx_dagster.errors import NxInputError
+
+    return NxInputError(what, problem, fix)
+
+
+def cmd_sql(args) -> int:
+    from nx_dagster.storage import Catalog
+
+    cat = Catalog(args.home or None)
+    with cat.session() as con:
+        rel = cat._retry(lambda: con.sql(args.query))
+        if rel is None:
+            return 0
+        if args.format == "table":
+            rel.show(max_rows=args.max_rows, max_width=200)
+        elif args.format == "csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(rel.fetch_arrow_table(), sys.stdout.buffer)
+        else:
+            cols = rel.columns
+            rows = [dict(zip(cols, r)) for r in rel.fetchall()]
+            json.dump(rows, sys.stdout, default=str)
+            sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="materialize stages through the Dagster instance (runs show in the UI)")
+    r.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all built)")
+    r.add_argument("--variants", help="pre_fix,post_fix (default both)")
+    r.add_argument("--layers", help="e.g. 0,2-5 (default all)")
+    r.add_argument("--neurons", help="a contiguous range, e.g. 0-99 (default all)")
+    r.add_argument("--model", help="NX_MODEL: 'bundled', a folder, an fsspec URL or a Hub id")
+    r.add_argument("--corpus", help="NX_CORPUS: 'bundled', text/JSONL/Parquet files, a glob or a URL")
+    r.add_argument("--home", help="NX_HOME: the data root (default ./nx_data)")
+    r.add_argument("--max-sequences", type=int, default=0, help="use only the first N sequences")
+    r.add_argument("--seq-len", type=int, default=64)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    r.set_defaults(fn=cmd_run)
+    q = sub.add_parser("sql", help="run a SQL query over the catalog")
+    q.add_argument("query")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    q.add_argument("--max-rows", type=int, default=40)
+    q.set_defaults(fn=cmd_sql)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from nx_dagster.errors import NxInputError
+
+    try:
+        return args.fn(args)
+    except NxInputError as e:
+        print(f"nxd: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

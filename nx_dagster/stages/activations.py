@@ -1,0 +1,161 @@
+"""Stage `activations`: models, sequences, activation records, neuron stats and the GELU fix impact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
+from nx_dagster.activations.fix_impact import fix_impact
+from nx_dagster.corpus import CorpusSpec, iter_sequence_batches, token_strings
+from nx_dagster.errors import NxInputError
+from nx_dagster.model.checkpoint import Checkpoint
+from nx_dagster.model.gelu import get_variant
+from nx_dagster.storage import Catalog
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Subject:
+    """The checkpoint, its loaded weights and the corpus a run works on."""
+
+    ckpt: Checkpoint
+    corpus: CorpusSpec
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    _model: object = field(default=None, repr=False)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.ckpt.load_model(self.device, self.dtype)
+        return self._model
+
+    @property
+    def name(self) -> str:
+        return self.ckpt.name
+
+
+def write_model(catalog: Catalog, s: Subject) -> dict:
+    c = s.ckpt.config
+    row = pa.table({
+        "model": [s.name], "n_layer": pa.array([c.n_layer], pa.int32()), "n_embd": pa.array([c.n_embd], pa.int32()),
+        "n_head": pa.array([c.n_head], pa.int32()), "n_neurons": pa.array([c.n_neurons], pa.int32()),
+        "n_positions": pa.array([c.n_positions], pa.int32()), "vocab_size": pa.array([c.vocab_size], pa.int32()),
+        "checkpoint_sha256": [s.ckpt.sha256], "data_version": [s.ckpt.data_version], "source": [s.ckpt.source],
+        "created_at": pa.array([dt.datetime.now(dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
+    })
+    snap = catalog.replace("models", row, {"model": s.name}, f"models {s.name}")
+    return {"model": s.name, "n_layer": c.n_layer, "n_neurons_per_layer": c.n_neurons, "d_model": c.n_embd,
+            "vocab_size": c.vocab_size, "checkpoint_sha256": s.ckpt.sha256, "snapshot": snap}
+
+
+def write_sequences(catalog: Catalog, s: Subject) -> dict:
+    if s.corpus.seq_len > s.ckpt.config.n_positions:
+        raise NxInputError(f"sequence length {s.corpus.seq_len}", f"exceeds the model's context of "
+                           f"{s.ckpt.config.n_positions} tokens", "lower the sequence length")
+    tok = s.ckpt.load_tokenizer()
+    vocab = token_strings(tok)
+    counted = {"rows": 0}
+
+    def batches() -> Iterator[pa.Table]:
+        for t in iter_sequence_batches(s.corpus, tok, s.name, vocab):
+            counted["rows"] += t.num_rows
+            yield t
+
+    snap = catalog.replace("sequences", batches(), {"model": s.name, "corpus": s.corpus.name},
+                           f"sequences {s.name}/{s.corpus.name}")
+    return {"corpus": s.corpus.name, "sequences": counted["rows"], "tokens": counted["rows"] * s.corpus.seq_len,
+            "seq_len": s.corpus.seq_len, "snapshot": snap}
+
+
+def sequence_batches(catalog: Catalog, model: str, corpus: str, batch_size: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream (sequence ids, token ids) from the `sequences` table in id order."""
+    with catalog.session() as con:
+        reader = con.execute(
+            "SELECT sequence_id, token_ids FROM sequences WHERE model = ? AND corpus = ? ORDER BY sequence_id",
+            [model, corpus]).fetch_record_batch(batch_size)
+        for b in reader:
+            if b.num_rows == 0:
+                continue
+            lists = b.column(1)
+            flat = lists.values.to_numpy(zero_copy_only=False)
+            yield (torch.from_numpy(b.column(0).to_numpy().astype(np.int64)),
+                   torch.from_numpy(flat.astype(np.int64)).view(b.num_rows, -1))
+
+
+def count_sequences(catalog: Catalog, model: str, corpus: str) -> int:
+    n = catalog.query("SELECT count(*) FROM sequences WHERE model = ? AND corpus = ?", [model, corpus]).column(0)[0].as_py()
+    if not n:
+        raise NxInputError(f"corpus {corpus!r}", f"has no sequences stored for model {model!r}",
+                           "materialize the `sequences` asset first (nxd run --stages activations)")
+    return n
+
+
+def _progress(label: str, total: int, report: Progress | None) -> Callable[[int, int], None]:
+    start = time.perf_counter()
+    last = [0.0]
+
+    def on_batch(done_batches: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if report and (now - last[0] > 5 or tokens >= total):
+            last[0] = now
+            report(f"{label}: {tokens:,}/{total:,} tokens ({100 * tokens / max(total, 1):.0f}%), "
+                   f"{tokens / max(now - start, 1e-9):,.0f} tokens/s")
+    return on_batch
+
+
+def write_activations(
+    catalog: Catalog, s: Subject, variant: str, layers: list[int], settings: RecorderSettings,
+    neurons: range | None = None, report: Progress | None = None,
+) -> dict:
+    """Record `layers` for one GELU variant and replace their partitions of records and stats."""
+    get_variant(variant)
+    cfg = s.ckpt.config
+    bad = [layer for layer in layers if not 0 <= layer < cfg.n_layer]
+    if bad:
+        raise NxInputError(f"layers {bad}", f"do not exist in {s.name} (layers 0-{cfg.n_layer - 1})", "pick existing layers")
+    n_seq = count_sequences(catalog, s.name, s.corpus.name)
+    t0 = time.perf_counter()
+    recs = record(
+        s.model, sequence_batches(catalog, s.name, s.corpus.name, settings.batch_size), variant, layers,
+        s.corpus.seq_len, settings, neurons,
+        on_batch=_progress(f"{variant} layers {layers}", n_seq * s.corpus.seq_len, report),
+    )
+    seconds = time.perf_counter() - t0
+    keys = {"model": s.name, "corpus": s.corpus.name, "gelu_variant": variant, "layer": layers}
+    if neurons is not None:
+        keys["neuron"] = list(neurons)
+    records = pa.concat_tables([record_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
+    stats = pa.concat_tables([stats_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
+    snap = catalog.replace_many([("activation_records", records, keys), ("neuron_stats", stats, keys)],
+                                f"activations {s.name} {variant} layers {layers}")
+    return {"records": records, "stats": stats, "seconds": seconds, "tokens": n_seq * s.corpus.seq_len,
+            "snapshot": snap}
+
+
+def write_fix_impact(catalog: Catalog, s: Subject, batch_size: int = 16, report: Progress | None = None) -> dict:
+    n_seq = count_sequences(catalog, s.name, s.corpus.name)
+    on_batch = _progress("gelu_fix_impact", n_seq * s.corpus.seq_len, report)
+    done = [0, 0]
+
+    def batches():
+        for seq, toks in sequence_batches(catalog, s.name, s.corpus.name, batch_size):
+            yield seq, toks
+            done[0] += 1
+            done[1] += toks.numel()
+            on_batch(*done)
+
+    rows = fix_impact(s.model, batches()).rows(s.name, s.corpus.name)
+    snap = catalog.replace("gelu_fix_impact", rows, {"model": s.name, "corpus": s.corpus.name}, "gelu_fix_impact")
+    return {"rows": rows, "snapshot": snap}

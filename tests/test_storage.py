@@ -1,0 +1,94 @@
+"""The catalog: partition replace is idempotent, parallel writers all land, a killed write changes nothing."""
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.storage import Catalog
+
+
+def stats_rows(layer: int, n: int, value: float) -> pa.Table:
+    return pa.table({"model": ["m"] * n, "gelu_variant": ["post_fix"] * n, "layer": pa.array([layer] * n, pa.int32()),
+                     "neuron": pa.array(range(n), pa.int32()), "mean": [value] * n})
+
+
+def test_replace_is_idempotent_and_snapshotted(tmp_path):
+    cat = Catalog(tmp_path)
+    keys = {"model": "m", "gelu_variant": "post_fix", "layer": 0}
+    s1 = cat.replace("neuron_stats", stats_rows(0, 5, 1.0), keys)
+    s2 = cat.replace("neuron_stats", stats_rows(0, 5, 2.0), keys)
+    assert s2 > s1
+    assert cat.query("SELECT count(*), min(mean) FROM neuron_stats").to_pylist() == [{"count_star()": 5, "min(mean)": 2.0}]
+    # time travel: the first snapshot still holds the first values
+    old = cat.query(f"SELECT DISTINCT mean FROM neuron_stats AT (VERSION => {s1})").column(0).to_pylist()
+    assert old == [1.0]
+
+
+def test_replace_many_is_one_transaction(tmp_path):
+    cat = Catalog(tmp_path)
+    bad = pa.table({"model": ["m"], "layer": pa.array(["not-an-int"])})
+    with pytest.raises(Exception):
+        cat.replace_many([("neuron_stats", stats_rows(0, 3, 1.0), {"model": "m"}),
+                          ("activation_records", bad, {"model": "m"})])
+    assert cat.query("SELECT count(*) FROM neuron_stats").column(0)[0].as_py() == 0
+
+
+def _writer(home: str, layer: int, barrier) -> None:
+    barrier.wait()
+    Catalog(home).replace("neuron_stats", stats_rows(layer, 50, float(layer)),
+                          {"model": "m", "gelu_variant": "post_fix", "layer": layer})
+
+
+def test_parallel_processes_all_land(tmp_path):
+    Catalog(tmp_path).connect().close()  # create the catalog first
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), layer, barrier)) for layer in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = Catalog(tmp_path).query("SELECT layer, count(*) AS n FROM neuron_stats GROUP BY layer ORDER BY layer")
+    assert rows.to_pylist() == [{"layer": i, "n": 50} for i in range(4)]
+
+
+def test_killed_writer_leaves_previous_state(tmp_path):
+    cat = Catalog(tmp_path)
+    keys = {"model": "m", "gelu_variant": "post_fix", "layer": 0}
+    cat.replace("neuron_stats", stats_rows(0, 4, 1.0), keys)
+    script = textwrap.dedent(f"""
+        import time, pyarrow as pa
+        from nx_dagster.storage import Catalog
+        from tests.test_storage import stats_rows
+        def rows():
+            yield stats_rows(0, 4, 9.0)
+            print("staged", flush=True)
+            time.sleep(60)
+            yield stats_rows(0, 4, 9.0)
+        Catalog({str(tmp_path)!r}).replace("neuron_stats", rows(), {keys!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    assert proc.stdout.readline().strip() == "staged"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert cat.query("SELECT DISTINCT mean FROM neuron_stats").column(0).to_pylist() == [1.0]
+    cat.replace("neuron_stats", stats_rows(0, 4, 3.0), keys)  # the lock died with the process
+    assert cat.query("SELECT count(*) FROM neuron_stats").column(0)[0].as_py() == 4
+
+
+def test_unwritable_home_is_named(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file").write_text("x")
+    with pytest.raises(NxInputError, match="NX_HOME") as e:
+        Catalog(ro / "file").check_writable()
+    assert "Fix:" in str(e.value)
