@@ -33,12 +33,26 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def hash_key(seed: int, layer: int, neurons: torch.Tensor, seq_ids: torch.Tensor, stream: int = 0) -> torch.Tensor:
+def neuron_salt(seed: int, layer: int, neurons: torch.Tensor, stream: int = 0) -> torch.Tensor:
+    """The per-neuron half of the hash: computed once per layer, not per batch."""
+    base = _mix(torch.tensor((seed * 1_000_003 + layer * 7919 + stream * 104_729) & _M32, device=neurons.device))
+    return _mix(neurons + base)
+
+
+def hash_key(seed: int, layer: int, neurons: torch.Tensor, seq_ids: torch.Tensor, stream: int = 0,
+             salt: torch.Tensor | None = None) -> torch.Tensor:
     """neurons [N] int64, seq_ids [B] int64 -> keys [B, N] int64 from a per-(neuron, sequence) hash."""
-    base = _mix(torch.tensor((seed * 1_000_003 + layer * 7919 + stream * 104_729) & _M32, device=seq_ids.device))
-    hn = _mix(neurons + base)  # [N]
+    hn = neuron_salt(seed, layer, neurons, stream) if salt is None else salt  # [N]
     h = _mix(seq_ids[:, None] * 0x27D4EB2F + hn[None, :])  # [B, N]
     return (h << _ID_BITS) | (_ID_MAX - seq_ids)[:, None]
+
+
+def rotate_key(keys: torch.Tensor) -> torch.Tensor:
+    """A second uniform random order from a hash key: its 32 hash bits rotated by 16 (a few integer
+    ops instead of a second hash)."""
+    h = keys >> _ID_BITS
+    h = ((h << 16) | (h >> 16)) & _M32
+    return (h << _ID_BITS) | (keys & _ID_MAX)
 
 
 def key_seq_id(keys: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,11 @@ class Moments:
             self.shift = x.mean(dim=0)
         y = x - self.shift
         y2 = y * y
-        self.sums[0] += y.sum(dim=0, dtype=torch.float64)
-        self.sums[1] += y2.sum(dim=0, dtype=torch.float64)
-        self.sums[2] += (y2 * y).sum(dim=0, dtype=torch.float64)
-        self.sums[3] += (y2 * y2).sum(dim=0, dtype=torch.float64)
+        # Column sums as matrix-vector products (BLAS, float32 within a batch, float64 across batches):
+        # several times faster than a float64 reduction over the token axis.
+        ones = torch.ones((1, x.shape[0]), dtype=x.dtype, device=x.device)
+        for i, term in enumerate((y, y2, y2 * y, y2 * y2)):
+            self.sums[i] += (ones @ term)[0].double()
         self.n += x.shape[0]
         self.max = torch.maximum(self.max, seq_max.amax(dim=0).double())
 

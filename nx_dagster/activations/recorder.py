@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from nx_dagster.activations.keys import hash_key, key_seq_id, value_key
+from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
 from nx_dagster.activations.store import EMPTY, TopKStore
@@ -65,25 +65,28 @@ class LayerRecorder:
             raise ValueError("neurons must be a contiguous range")
         self.top = TopKStore(n, s.top_k, seq_len, device)
         self.random = TopKStore(n, s.random_k, seq_len, device)
-        # Twice the quota per bin: candidates binned against the running estimate may move bins at the end.
-        self.bins = [TopKStore(n, 2 * s.quantile_k, seq_len, device) for _ in range(N_BINS)]
+        # One store for the five bins side by side (row b·N + n = bin b of neuron n), with twice the quota
+        # per bin: candidates binned against the running estimate may move bins at the end.
+        self.bins = TopKStore(N_BINS * n, 2 * s.quantile_k, seq_len, device)
+        self._bin_ids = torch.arange(N_BINS, device=device)[:, None, None]
         self.sketch = MaxSketch(n, device)
         self.moments = Moments(n, device)
         self.batches = 0
+        self._salt = neuron_salt(s.seed, layer, self.neurons)
         self.boundaries: torch.Tensor | None = None
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
         seq_max = post.amax(dim=1)  # [B, N]
         self.top.update(value_key(seq_max, seq_ids), post)
-        self.random.update(hash_key(self.s.seed, self.layer, self.neurons, seq_ids, stream=0), post)
+        rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self._salt)
+        self.random.update(rkey, post)
         self.sketch.update(seq_max)
         if self.batches in self._REFRESH or self.batches % 32 == 0:
             self.boundaries = self.sketch.boundaries()
-        bins = bin_of(seq_max, self.boundaries)
-        qkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, stream=1)
-        for b, store in enumerate(self.bins):
-            store.update(torch.where(bins == b, qkey, EMPTY), post)
+        bins = bin_of(seq_max, self.boundaries)  # [B, N]
+        qkey = torch.where(bins[None] == self._bin_ids, rotate_key(rkey)[None], EMPTY)  # [5, B, N]
+        self.bins.update(qkey.permute(1, 0, 2).reshape(len(seq_ids), -1), post, period=post.shape[-1])
         self.moments.update(post.reshape(-1, post.shape[-1]), seq_max)
         self.batches += 1
 
@@ -93,8 +96,9 @@ class LayerRecorder:
         boundaries = self.sketch.boundaries()
         # Quantile samples were binned against the running boundary estimate; re-bin all candidates
         # against the final boundaries and keep, per final bin, the quantile_k with the highest hash.
-        keys = torch.cat([s.keys for s in self.bins], dim=1)  # [N, 5k]
-        acts = torch.cat([s.acts for s in self.bins], dim=1)
+        n = len(self.neurons)
+        keys = self.bins.keys.view(N_BINS, n, -1).permute(1, 0, 2).reshape(n, -1)  # [N, 5·2k]
+        acts = self.bins.acts.view(N_BINS, n, -1, self.bins.acts.shape[-1]).permute(1, 0, 2, 3).reshape(n, keys.shape[1], -1)
         final_bin = bin_of(acts.amax(dim=2).T, boundaries).T  # [N, 5k]
         picked_bins, picked_keys, picked_acts = [], [], []
         rows = torch.arange(len(keys), device=keys.device)[:, None]

@@ -37,13 +37,13 @@ def upper_edge(bucket: torch.Tensor) -> torch.Tensor:
 
 class MaxSketch:
     def __init__(self, n_neurons: int, device):
-        self.counts = torch.zeros((n_neurons, N_BUCKETS), dtype=torch.int64, device=device)
+        self.counts = torch.zeros((n_neurons, N_BUCKETS), dtype=torch.int32, device=device)
         self._flat_offset = torch.arange(n_neurons, device=device) * N_BUCKETS
 
     def update(self, seq_max: torch.Tensor) -> None:
         """seq_max [B, N]: the per-sequence maximum of each neuron."""
         flat = (bucket_of(seq_max) + self._flat_offset[None, :]).reshape(-1)
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
+        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=self.counts.dtype))
 
     def boundaries(self, quantiles=QUANTILES) -> torch.Tensor:
         """[N, len(quantiles)] float64 quantile boundaries (bucket upper edges)."""

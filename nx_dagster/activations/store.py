@@ -16,11 +16,13 @@ class TopKStore:
         self.k = k
         self.keys = torch.full((n_neurons, k), EMPTY, dtype=torch.int64, device=device)
         self.acts = torch.zeros((n_neurons, k, seq_len), dtype=dtype, device=device)
+        self.floor = torch.full((n_neurons,), EMPTY, dtype=torch.int64, device=device)  # = keys.min(1)
 
-    def update(self, batch_keys: torch.Tensor, post: torch.Tensor) -> None:
-        """batch_keys [B, N] int64 (EMPTY = not a candidate); post [B, T, N] activations of the batch."""
-        floor = self.keys.min(dim=1).values  # [N]
-        better = batch_keys > floor[None, :]
+    def update(self, batch_keys: torch.Tensor, post: torch.Tensor, period: int | None = None) -> None:
+        """batch_keys [B, N] int64 (EMPTY = not a candidate); post [B, T, N'] activations of the batch.
+
+        With `period`, store row r holds neuron r % period (several stores side by side, N = m·N')."""
+        better = batch_keys > self.floor[None, :]
         cols = better.any(dim=0).nonzero().squeeze(1)  # neurons with at least one candidate
         if cols.numel() == 0:
             return
@@ -35,7 +37,9 @@ class TopKStore:
             return
         neuron = cols[ev_row]
         self.keys[neuron, ev_slot] = batch_keys[win_b, cols[win_row]]
-        self.acts[neuron, ev_slot] = post[win_b, :, cols[win_row]].to(self.acts.dtype)
+        self.floor[cols] = self.keys[cols].min(dim=1).values
+        src = cols[win_row] if period is None else cols[win_row] % period
+        self.acts[neuron, ev_slot] = post[win_b, :, src].to(self.acts.dtype)
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""

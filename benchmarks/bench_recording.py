@@ -1,0 +1,126 @@
+"""Recording overhead: the bare forward pass vs the full recording (all layers, one variant), same tokens.
+
+Prints, per model shape: median seconds of each, their ratio, tokens/s; and peak memory of the
+recording at two corpus sizes (run in fresh subprocesses) to show it does not grow with the corpus.
+
+    python benchmarks/bench_recording.py                 # bundled model + GPT-2-small shape, CPU
+    python benchmarks/bench_recording.py --device cuda --dtype bfloat16 --sequences 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from nx_dagster.activations import RecorderSettings, record
+from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
+
+SHAPES = {
+    "gpt2-small": GPT2Config(n_layer=12, n_head=12, n_embd=768, n_inner=3072, n_positions=1024, vocab_size=50257),
+    "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600, n_inner=6400, n_positions=1024, vocab_size=50257),
+}
+
+
+def random_model(cfg: GPT2Config, device: str, dtype: torch.dtype) -> GPT2:
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: (0.02 * torch.randn(*s, generator=g))  # noqa: E731
+    d, n = cfg.n_embd, cfg.n_inner
+    blocks = [Block(torch.ones(d), torch.zeros(d), r(3 * d, d), torch.zeros(3 * d), r(d, d), torch.zeros(d),
+                    torch.ones(d), torch.zeros(d), r(n, d), r(n), r(d, n), torch.zeros(d)) for _ in range(cfg.n_layer)]
+    return GPT2(cfg, r(cfg.vocab_size, d), r(cfg.n_positions, d), blocks, torch.ones(d), torch.zeros(d)).to(device, dtype)
+
+
+def load(name: str, device: str, dtype: torch.dtype) -> GPT2:
+    if name == "bundled":
+        from nx_dagster.model import open_checkpoint
+
+        return open_checkpoint("bundled").load_model(device, dtype)
+    return random_model(SHAPES[name], device, dtype)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def batches(model: GPT2, n_seq: int, seq_len: int, bs: int, device: str):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (n_seq, seq_len), generator=g)
+    return [(torch.arange(i, min(i + bs, n_seq), device=device), ids[i:i + bs].to(device)) for i in range(0, n_seq, bs)]
+
+
+def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str) -> dict:
+    layers = list(range(model.config.n_layer))
+    bare, rec = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+        sync(device)
+        t = time.perf_counter()
+        for _, ids in data:
+            model(ids, "post_fix", layers=model.config.n_layer, logits=False)
+        sync(device)
+        bare.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        record(model, data, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
+        sync(device)
+        rec.append(time.perf_counter() - t)
+    tokens = sum(ids.numel() for _, ids in data)
+    b, r = statistics.median(bare), statistics.median(rec)
+    return {"tokens": tokens, "bare_s": b, "record_s": r, "ratio": r / b, "bare_tok_s": tokens / b, "record_tok_s": tokens / r}
+
+
+def peak_memory(name: str, n_seq: int, args) -> float:
+    """Peak RSS (MiB) of a fresh process that records `n_seq` sequences, or CUDA peak on GPU."""
+    code = f"""
+import resource, torch, json, sys
+sys.path.insert(0, '.')
+from benchmarks.bench_recording import load, batches
+from nx_dagster.activations import RecorderSettings, record
+m = load({name!r}, {args.device!r}, getattr(torch, {args.dtype!r}))
+data = batches(m, {n_seq}, {args.seq_len}, {args.batch_size}, {args.device!r})
+def gen():
+    for b in data: yield b
+record(m, gen(), 'post_fix', list(range(m.config.n_layer)), {args.seq_len}, RecorderSettings())
+cuda = torch.cuda.max_memory_allocated() / 2**20 if {args.device!r}.startswith('cuda') else 0
+print(json.dumps({{"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cuda": cuda}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="bundled,gpt2-small")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--sequences", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory", action="store_true", help="also measure peak memory at two corpus sizes")
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} seq_len={args.seq_len}")
+    for name in args.models.split(","):
+        model = load(name, args.device, dtype)
+        data = batches(model, args.sequences, args.seq_len, args.batch_size, args.device)
+        time_pair(model, data[:1], args.seq_len, 1, args.device)  # warm-up
+        r = time_pair(model, data, args.seq_len, args.repeats, args.device)
+        print(f"{name}: {r['tokens']:,} tokens | bare forward {r['bare_s']:.3f}s ({r['bare_tok_s']:,.0f} tok/s) | "
+              f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s) | ratio {r['ratio']:.3f}x "
+              f"(median of {args.repeats})")
+        if args.memory:
+            small, large = args.sequences, args.sequences * 4
+            m1, m2 = peak_memory(name, small, args), peak_memory(name, large, args)
+            key = "cuda" if args.device.startswith("cuda") else "rss"
+            print(f"{name}: peak {key} memory {m1[key]:,.0f} MiB at {small} sequences, {m2[key]:,.0f} MiB at {large} "
+                  f"sequences (ratio {m2[key] / m1[key]:.3f})")
+
+
+if __name__ == "__main__":
+    main()
