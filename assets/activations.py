@@ -5,6 +5,8 @@ by layer (dynamic partitions registered by `model`); a backfill of many layers r
 """
 
 
+import warnings
+
 import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
@@ -16,6 +18,8 @@ from nx_dagster.activations.fix_impact import QUANTILES
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
 from nx_dagster.stages import activations as stage
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 # OpenAI's published |post_fix − pre_fix| for GPT-2 small, for comparison in the UI.
 OPENAI_GPT2_SMALL = {"median": 0.0090, "p90": 0.0252, "p99": 0.0839, "p999": 0.1736}
@@ -83,7 +87,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
     v = VARIANTS[variant]
 
     @dg.asset(
-        key=key, deps=["sequences"], partitions_def=layers, group_name=variant, kinds={"pytorch", "duckdb"},
+        key=key, deps=["model", "sequences"], partitions_def=layers, group_name=variant, kinds={"pytorch", "duckdb"},
         code_version=f"activations-v1-{NxResource().recorder.version}", pool="compute",
         backfill_policy=dg.BackfillPolicy.single_run(), check_specs=_checks(key),
         description=f"Activation records and neuron stats with GELU `{variant}` = {v.formula} ({v.meaning}). "
@@ -119,7 +123,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
     return _asset
 
 
-@dg.asset(deps=["sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"}, code_version="fix-impact-v1",
+@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"}, code_version="fix-impact-v1",
           pool="compute")
 def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens:

@@ -163,6 +163,7 @@ def open_checkpoint(source: str | None = None) -> Checkpoint:
     config = read_config(folder, label)
     hashes = {f: _sha256(folder / f) for f in FILES}
     ckpt = Checkpoint(name, source or BUNDLED, folder, config, hashes["model.safetensors"], hashes)
+    check_weights(folder / "model.safetensors", config)
     vocab = ckpt.load_tokenizer().get_vocab_size(with_added_tokens=True)
     if vocab > config.vocab_size:
         raise NxInputError(
@@ -171,6 +172,39 @@ def open_checkpoint(source: str | None = None) -> Checkpoint:
             "use the tokenizer saved with this checkpoint",
         )
     return ckpt
+
+
+def expected_shapes(cfg: GPT2Config) -> dict[str, tuple[int, ...]]:
+    d, n = cfg.n_embd, cfg.n_inner
+    shapes = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (cfg.n_positions, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(cfg.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
+            p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
+            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+            p + "mlp.c_fc.weight": (d, n), p + "mlp.c_fc.bias": (n,),
+            p + "mlp.c_proj.weight": (n, d), p + "mlp.c_proj.bias": (d,),
+        })
+    return shapes
+
+
+def check_weights(path: Path, cfg: GPT2Config) -> None:
+    """Read only the safetensors header: every tensor present, with the shape config.json implies,
+    and the file long enough to hold them. Cheap even for GPT-2 XL."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {_strip(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise NxInputError(f"weights {path}", f"cannot be read ({e})", "re-download or re-save model.safetensors") from e
+    for key, shape in expected_shapes(cfg).items():
+        if key not in shapes:
+            raise NxInputError(f"weights {path}", f"lack the tensor {key!r}", "use a complete GPT-2 checkpoint")
+        if shapes[key] != shape:
+            raise NxInputError(f"weights {path}", f"{key} has shape {shapes[key]}, config.json implies {shape}",
+                               "use the config.json saved with these weights")
 
 
 def _strip(key: str) -> str:
