@@ -105,10 +105,17 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
         n_seq = out["tokens"] // s.corpus.seq_len
         top_rows = sorted(stats.select(["layer", "neuron", "max_activation", "mean", "variance", "kurtosis"]).to_pylist(),
                           key=lambda r: -r["max_activation"])[:10]
+        tokens: dict[tuple[int, int], list[str]] = {}
+        for r in out["summary"].select(["layer", "neuron", "rank", "token"]).to_pylist():
+            if r["rank"] < 3:
+                tokens.setdefault((r["layer"], r["neuron"]), []).append(repr(r["token"]))
+        for r in top_rows:
+            r["top_mean_tokens"] = " ".join(tokens.get((r["layer"], r["neuron"]), []))
         return dg.MaterializeResult(
             metadata={
                 "gelu_variant": variant, "formula": v.formula, "layers": layer_list,
                 "dagster/row_count": records.num_rows, "neuron_stats_rows": stats.num_rows,
+                "token_summary_rows": out["summary"].num_rows,
                 "dagster/column_schema": schema(records),
                 "tokens": out["tokens"], "seconds": round(out["seconds"], 2),
                 "tokens_per_second": round(out["tokens"] / max(out["seconds"], 1e-9)),

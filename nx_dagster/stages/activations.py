@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import torch
 
 from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
@@ -115,22 +116,42 @@ def _progress(label: str, total: int, report: Progress | None) -> Callable[[int,
     return on_batch
 
 
+def corpus_token_counts(catalog: Catalog, model: str, corpus: str, vocab_size: int) -> torch.Tensor:
+    counts = catalog.query(
+        "SELECT tok, count(*) AS n FROM (SELECT unnest(token_ids) AS tok FROM sequences "
+        "WHERE model = ? AND corpus = ?) GROUP BY tok", [model, corpus])
+    out = torch.zeros(vocab_size, dtype=torch.long)
+    out[torch.from_numpy(counts["tok"].to_numpy().astype(np.int64))] = torch.from_numpy(counts["n"].to_numpy())
+    return out
+
+
 def write_activations(
     catalog: Catalog, s: Subject, variant: str, layers: list[int], settings: RecorderSettings,
-    neurons: range | None = None, report: Progress | None = None,
+    neurons: range | None = None, report: Progress | None = None, summary_k: int = 20,
 ) -> dict:
-    """Record `layers` for one GELU variant and replace their partitions of records and stats."""
+    """Record `layers` for one GELU variant; replace their partitions of activation_records,
+    neuron_stats and token_activation_summary in one commit."""
+    from nx_dagster.connections import TokenSummary, eligible_tokens
+    from nx_dagster.connections.tokens import TokenStrings
+
     get_variant(variant)
     cfg = s.ckpt.config
     bad = [layer for layer in layers if not 0 <= layer < cfg.n_layer]
     if bad:
         raise NxInputError(f"layers {bad}", f"do not exist in {s.name} (layers 0-{cfg.n_layer - 1})", "pick existing layers")
     n_seq = count_sequences(catalog, s.name, s.corpus.name)
+    shard = neurons or range(cfg.n_neurons)
+    eligible = eligible_tokens(corpus_token_counts(catalog, s.name, s.corpus.name, cfg.vocab_size))
+    summaries = {layer: TokenSummary(len(shard), cfg.vocab_size, eligible, device=s.device) for layer in layers}
+
+    def gather_summary(layer: int, token_ids: torch.Tensor, post: torch.Tensor) -> None:
+        summaries[layer].update(token_ids, post[:, :, shard.start:shard.stop])
+
     t0 = time.perf_counter()
     recs = record(
         s.model, sequence_batches(catalog, s.name, s.corpus.name, settings.batch_size), variant, layers,
         s.corpus.seq_len, settings, neurons,
-        on_batch=_progress(f"{variant} layers {layers}", n_seq * s.corpus.seq_len, report),
+        on_batch=_progress(f"{variant} layers {layers}", n_seq * s.corpus.seq_len, report), extra=gather_summary,
     )
     seconds = time.perf_counter() - t0
     keys = {"model": s.name, "corpus": s.corpus.name, "gelu_variant": variant, "layer": layers}
@@ -138,10 +159,22 @@ def write_activations(
         keys["neuron"] = list(neurons)
     records = pa.concat_tables([record_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
     stats = pa.concat_tables([stats_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
-    snap = catalog.replace_many([("activation_records", records, keys), ("neuron_stats", stats, keys)],
-                                f"activations {s.name} {variant} layers {layers}")
-    return {"records": records, "stats": stats, "seconds": seconds, "tokens": n_seq * s.corpus.seq_len,
-            "snapshot": snap}
+    strings = TokenStrings(s.ckpt.load_tokenizer())
+    summary = pa.concat_tables([
+        _offset_neurons(summaries[layer].rows(s.name, s.corpus.name, variant, layer, None, summary_k, strings), shard.start)
+        for layer in layers])
+    snap = catalog.replace_many(
+        [("activation_records", records, keys), ("neuron_stats", stats, keys), ("token_activation_summary", summary, keys)],
+        f"activations {s.name} {variant} layers {layers}")
+    return {"records": records, "stats": stats, "summary": summary, "seconds": seconds,
+            "tokens": n_seq * s.corpus.seq_len, "snapshot": snap}
+
+
+def _offset_neurons(table: pa.Table, offset: int) -> pa.Table:
+    if not offset:
+        return table
+    i = table.schema.get_field_index("neuron")
+    return table.set_column(i, "neuron", pa.compute.add(table["neuron"], pa.scalar(offset, pa.int32())))
 
 
 def write_fix_impact(catalog: Catalog, s: Subject, batch_size: int = 16, report: Progress | None = None) -> dict:
