@@ -14,10 +14,10 @@ def schema(table: pa.Table) -> dg.TableSchema:
 def markdown_table(rows: list[dict], floats: str = "{:.4g}") -> str:
     if not rows:
         return "_no rows_"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # union of keys, first-seen order
     fmt = lambda v: floats.format(v) if isinstance(v, float) else ("NULL" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 

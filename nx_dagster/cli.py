@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 STAGES = ("activations", "connections", "explanations", "scores")
-AVAILABLE = {"activations"}
+AVAILABLE = {"activations", "connections"}
 
 
 def _instance():
@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     from nx_dagster.model.gelu import parse_variants
     from nx_dagster.ranges import contiguous_runs, parse_ranges
 
-    stages = [s.strip() for s in (args.stages or ",".join(AVAILABLE)).split(",") if s.strip()]
+    stages = [s.strip() for s in (args.stages or ",".join(sorted(AVAILABLE))).split(",") if s.strip()]
     for s in stages:
         if s not in STAGES:
             raise _input_error(f"stage {s!r}", "is not a stage", f"use some of {', '.join(STAGES)}")
@@ -95,6 +95,12 @@ def cmd_run(args) -> int:
                       "dagster/asset_partition_range_end": str(rng.stop - 1)})
         if set(variants) == {"pre_fix", "post_fix"}:
             run(["gelu_fix_impact"])
+    if "connections" in stages:
+        if "activations" not in stages:
+            run(["model"])
+        for rng in contiguous_runs(layer_list):
+            run(["connections"], tags={"dagster/asset_partition_range_start": str(rng.start),
+                                       "dagster/asset_partition_range_end": str(rng.stop - 1)})
     return 0
 
 

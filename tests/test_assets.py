@@ -95,3 +95,22 @@ def test_cli_run_and_sql(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == ['"model","n_layer"', '"ckpt",2']
     with dg.DagsterInstance.get() as instance:  # the runs are in the instance the UI reads
         assert len(instance.get_runs()) == 2
+
+
+def test_connections_partitioned_and_recomputed_on_new_weights(setup):
+    instance, nx, tmp_path = setup
+    materialize(instance, nx, ["model"])
+    r = materialize(instance, nx, ["connections"], tags=RANGE)
+    assert {m.partition for m in r.asset_materializations_for_node("connections")} == {"0", "1"}
+    cat = Catalog(nx.home)
+    q = "SELECT layer, direction, sign, rank, other_layer, other_neuron, weight FROM neuron_connections ORDER BY ALL"
+    first = cat.query(q).to_pylist()
+    assert {(r["layer"], r["direction"]) for r in first} == {(0, "downstream"), (1, "upstream")}
+    assert cat.query("SELECT count(*) FROM token_connections").column(0)[0].as_py() == 2 * 128 * 2 * 2 * 20
+    build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4, seed=9)
+    materialize(instance, nx, ["model"])
+    assets = list(defs().assets)
+    assert get_stale_status_resolver(instance, assets).get_status(dg.AssetKey("connections"), "0") == StaleStatus.STALE
+    materialize(instance, nx, ["connections"], tags=RANGE)
+    second = cat.query(q).to_pylist()
+    assert len(second) == len(first) and second != first
