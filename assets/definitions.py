@@ -1,16 +1,25 @@
 """The one assembly point of the Dagster code location (workspace.yaml points here)."""
 
+import os
+
 import dagster as dg
 
 from assets.activations import ACTIVATION_ASSETS
 from assets.connections import CONNECTION_ASSETS
+from assets.explain import EXPLAIN_ASSETS
+from assets.llm import LLMResource
 from assets.resources import NxResource
+
+
+def _llm() -> LLMResource:
+    # The key comes from the environment only; read at load time (never at import).
+    return LLMResource(api_key=dg.EnvVar("OPENAI_API_KEY")) if os.environ.get("OPENAI_API_KEY") else LLMResource()
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS],
-        resources={"nx": NxResource()},
+        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS],
+        resources={"nx": NxResource(), "llm": _llm()},
         jobs=[dg.define_asset_job("activations_job", selection=dg.AssetSelection.groups("corpus", "pre_fix", "post_fix", "gelu_fix"))],
     )

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 STAGES = ("activations", "connections", "explanations", "scores")
-AVAILABLE = {"activations", "connections"}
 
 
 def _instance():
@@ -49,12 +48,10 @@ def cmd_run(args) -> int:
     from nx_dagster.model.gelu import parse_variants
     from nx_dagster.ranges import contiguous_runs, parse_ranges
 
-    stages = [s.strip() for s in (args.stages or ",".join(sorted(AVAILABLE))).split(",") if s.strip()]
+    stages = [s.strip() for s in (args.stages or ",".join(STAGES)).split(",") if s.strip()]
     for s in stages:
         if s not in STAGES:
             raise _input_error(f"stage {s!r}", "is not a stage", f"use some of {', '.join(STAGES)}")
-        if s not in AVAILABLE:
-            raise _input_error(f"stage {s!r}", "is not built yet in this version", f"use {', '.join(sorted(AVAILABLE))}")
     variants = parse_variants(args.variants)
     nx = _resource(args)
     # Validate every input before anything runs, so bad input changes no table.
@@ -71,7 +68,11 @@ def cmd_run(args) -> int:
     definitions = defs()
     all_assets = list(definitions.assets)
     instance = _instance()
-    resources = {"nx": nx}
+    llm = definitions.resources["llm"].model_copy(update={
+        k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
+                          ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model)) if v})
+    llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
+    resources = {"nx": nx, "llm": llm}
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
     def run(selection: list[str], **kw) -> None:
@@ -86,21 +87,34 @@ def cmd_run(args) -> int:
 
     if "activations" in stages:
         run(["model", "sequences"])
+        cfgs = dict(run_config)
+        if neurons:
+            cfgs["ops"] = {f"{v}__activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} for v in variants}
         for rng in contiguous_runs(layer_list):
-            cfgs = dict(run_config)
-            if neurons:
-                cfgs["ops"] = {f"{v}__activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} for v in variants}
             run([f"{v}/activations" for v in variants], run_config=cfgs,
                 tags={"dagster/asset_partition_range_start": str(rng.start),
                       "dagster/asset_partition_range_end": str(rng.stop - 1)})
         if set(variants) == {"pre_fix", "post_fix"}:
             run(["gelu_fix_impact"])
-    if "connections" in stages:
-        if "activations" not in stages:
-            run(["model"])
+    if "activations" not in stages:
+        run(["model"])  # registers the layer partitions; cheap
+    shard_cfg = {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} if neurons else None
+
+    def per_layers(keys: list[str]) -> None:
+        cfgs = dict(run_config)
+        if shard_cfg:
+            cfgs["ops"] = {k.replace("/", "__"): shard_cfg for k in keys if k != "connections"}
         for rng in contiguous_runs(layer_list):
-            run(["connections"], tags={"dagster/asset_partition_range_start": str(rng.start),
-                                       "dagster/asset_partition_range_end": str(rng.stop - 1)})
+            run(keys, run_config=cfgs, tags={"dagster/asset_partition_range_start": str(rng.start),
+                                             "dagster/asset_partition_range_end": str(rng.stop - 1)})
+
+    if "connections" in stages:
+        per_layers(["connections"])
+    if "explanations" in stages:
+        per_layers([f"{v}/explanations" for v in variants])
+    if "scores" in stages:
+        cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
+        per_layers([f"{v}/scores" for v in variants] + cross)
     return 0
 
 
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="materialize stages through the Dagster instance (runs show in the UI)")
-    r.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all built)")
+    r.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all)")
     r.add_argument("--variants", help="pre_fix,post_fix (default both)")
     r.add_argument("--layers", help="e.g. 0,2-5 (default all)")
     r.add_argument("--neurons", help="a contiguous range, e.g. 0-99 (default all)")
@@ -148,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    r.add_argument("--explainer", help="auto (LLM if OPENAI_API_KEY is set, else token_lookup), token_lookup, "
+                                       "token_activation_pairs")
+    r.add_argument("--simulator", help="auto, token_lookup, json_logprobs, echo_logprobs, logprob_free")
+    r.add_argument("--explainer-model", help="chat model for explanations (NX_EXPLAINER_MODEL)")
+    r.add_argument("--simulator-model", help="model for simulations (NX_SIMULATOR_MODEL)")
     r.set_defaults(fn=cmd_run)
     q = sub.add_parser("sql", help="run a SQL query over the catalog")
     q.add_argument("query")

@@ -38,11 +38,11 @@ TABLES: dict[str, str] = {
         explanation VARCHAR, failure_reason VARCHAR, created_at TIMESTAMP WITH TIME ZONE""",
     "simulations": """
         explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, gelu_variant VARCHAR,
-        simulator VARCHAR, simulator_model VARCHAR, sequence_id BIGINT, kind VARCHAR, split VARCHAR,
+        explanation_gelu_variant VARCHAR, explainer VARCHAR, simulator VARCHAR, simulator_model VARCHAR, sequence_id BIGINT, kind VARCHAR, split VARCHAR,
         expected_activations FLOAT[], true_activations FLOAT[], failure_reason VARCHAR""",
     "scores": """
         explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, explanation_gelu_variant VARCHAR,
-        gelu_variant VARCHAR, simulator VARCHAR, simulator_model VARCHAR, ev_correlation DOUBLE,
+        gelu_variant VARCHAR, explainer VARCHAR, simulator VARCHAR, simulator_model VARCHAR, ev_correlation DOUBLE,
         ev_correlation_top DOUBLE, ev_correlation_random DOUBLE, rsquared DOUBLE, absolute_dev_explained DOUBLE,
         calibrated_rsquared DOUBLE, n_tokens BIGINT, failure_reason VARCHAR""",
     "llm_calls": """

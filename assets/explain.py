@@ -1,0 +1,139 @@
+"""Assets of the `explanations` and `scores` stages, in both GELU lineages.
+
+  {v}/explanations                 explanations written from variant v's train records
+  {v}/scores                       v's explanations simulated and scored on v's valid records
+  post_fix/scores_of_pre_fix_explanations
+                                   pre-fix explanations scored on post-fix activations: do they still hold?
+
+All are partitioned by layer; a `neurons` range explains a sample first. LLM calls go through one
+ledger, so a rerun or a resumed backfill never pays for an answered call twice.
+"""
+
+import warnings
+
+import dagster as dg
+import numpy as np
+
+from assets.llm import LLMResource
+from assets.metadata import histogram, markdown_table
+from assets.partitions import layers
+from assets.resources import NxResource
+from nx_dagster.explain import EXPLAIN_PROMPT_VERSION, SIMULATOR_VERSIONS, TOKEN_LOOKUP_VERSION
+from nx_dagster.model.gelu import VARIANTS
+from nx_dagster.ranges import contiguous_runs, parse_ranges
+from nx_dagster.stages import explain as stage
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+
+
+class NeuronsConfig(dg.Config):
+    neurons: str = ""  # a contiguous range such as 0-99; empty = all
+
+
+def _shard(text: str, n_neurons: int) -> range | None:
+    chosen = parse_ranges(text, "neurons", n_neurons)
+    if not chosen:
+        return None
+    runs = contiguous_runs(chosen)
+    if len(runs) > 1:
+        raise dg.Failure(f"neurons {text!r} must be one contiguous range, like 0-99")
+    return runs[0]
+
+
+def _llm_metadata(llm: dict) -> dict:
+    keep = ("calls", "ok", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "session_requests_sent",
+            "session_answered_from_ledger", "session_failed")
+    return {f"llm_{k}": v for k, v in llm.items() if k in keep and v is not None}
+
+
+def explanations_asset(variant: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey([variant, "explanations"])
+
+    @dg.asset(
+        key=key, deps=[dg.AssetKey([variant, "activations"])], partitions_def=layers, group_name=variant,
+        kinds={"openai", "duckdb"}, code_version=f"explanations-{EXPLAIN_PROMPT_VERSION}-{TOKEN_LOOKUP_VERSION}",
+        pool="llm", retry_policy=RETRY, backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=[dg.AssetCheckSpec("failure_rate", asset=key, description="at most 20% of neurons unexplained")],
+        description=f"Explanations written from `{variant}` train records (table explanations). One partition = one layer.",
+    )
+    def _asset(context: dg.AssetExecutionContext, nx: NxResource, llm: LLMResource,
+               config: NeuronsConfig) -> dg.MaterializeResult:
+        s = nx.subject
+        explainer = llm.explainer_name
+        layer_list = sorted(int(k) for k in context.partition_keys)
+        shard = _shard(config.neurons, s.ckpt.config.n_neurons)
+        client = llm.client(nx.catalog, explainer != "token_lookup")
+        out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer, client)
+        t = out["table"]
+        failed = t["explanation"].null_count
+        sample = [{k: r[k] for k in ("layer", "neuron", "explanation", "failure_reason")}
+                  for r in t.slice(0, 10).to_pylist()]
+        return dg.MaterializeResult(
+            metadata={"explainer": explainer, "layers": layer_list, "dagster/row_count": t.num_rows,
+                      "failures": failed, "seconds": round(out["seconds"], 2),
+                      "sample": dg.MetadataValue.md(markdown_table(sample)), **_llm_metadata(out["llm"])},
+            check_results=[dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
+                                               passed=failed <= 0.2 * max(t.num_rows, 1),
+                                               metadata={"failed": failed, "explanations": t.num_rows})],
+        )
+
+    return _asset
+
+
+def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefinition:
+    same = explanation_variant == scored_variant
+    name = "scores" if same else f"scores_of_{explanation_variant}_explanations"
+    key = dg.AssetKey([scored_variant, name])
+
+    @dg.asset(
+        key=key, partitions_def=layers, group_name=scored_variant, kinds={"openai", "duckdb"},
+        deps=[dg.AssetKey([explanation_variant, "explanations"]), dg.AssetKey([scored_variant, "activations"])],
+        code_version=f"scores-v1-{'-'.join(SIMULATOR_VERSIONS.values())}", pool="llm", retry_policy=RETRY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=[
+            dg.AssetCheckSpec("score_ranges", asset=key, description="correlations in [-1, 1], rsquared <= 1"),
+            dg.AssetCheckSpec("failure_rate", asset=key, description="at most 20% of neurons without a score"),
+        ],
+        description=f"Simulations and scores of `{explanation_variant}` explanations on `{scored_variant}` "
+                    "valid records (tables simulations, scores). One partition = one layer.",
+    )
+    def _asset(context: dg.AssetExecutionContext, nx: NxResource, llm: LLMResource,
+               config: NeuronsConfig) -> dg.MaterializeResult:
+        s = nx.subject
+        explainer, simulator = llm.explainer_name, llm.simulator_name
+        layer_list = sorted(int(k) for k in context.partition_keys)
+        shard = _shard(config.neurons, s.ckpt.config.n_neurons)
+        client = llm.client(nx.catalog, simulator != "token_lookup")
+        out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant, layer_list,
+                                 shard, explainer, simulator, client)
+        scores = out["scores"]
+        ev = scores["ev_correlation"].to_numpy(zero_copy_only=False).astype(float)
+        corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
+                               for c in ("ev_correlation", "ev_correlation_top", "ev_correlation_random")])
+        rsq = scores["rsquared"].to_numpy(zero_copy_only=False).astype(float)
+        bad = int(np.sum(np.abs(corr[np.isfinite(corr)]) > 1 + 1e-9) + np.sum(rsq[np.isfinite(rsq)] > 1 + 1e-9))
+        summary = stage.score_summary(scores)
+        meta = {"explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
+                "scored_on": scored_variant, "layers": layer_list, "dagster/row_count": scores.num_rows,
+                "simulations": out["simulations"], "seconds": round(out["seconds"], 2), **summary,
+                "ev_correlation_distribution": dg.MetadataValue.md(histogram(ev, label="ev_correlation")),
+                **_llm_metadata(out["llm"])}
+        if not same:
+            meta["pre_vs_post"] = dg.MetadataValue.md(markdown_table(stage.lineage_comparison(
+                nx.catalog, s.name, explanation_variant, scored_variant, layer_list, explainer, simulator)))
+        return dg.MaterializeResult(metadata=meta, check_results=[
+            dg.AssetCheckResult(check_name="score_ranges", asset_key=key, passed=bad == 0, metadata={"out_of_range": bad}),
+            dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
+                                passed=summary["failures"] <= 0.2 * max(scores.num_rows, 1),
+                                metadata={"failures": summary["failures"], "neurons": scores.num_rows}),
+        ])
+
+    return _asset
+
+
+EXPLAIN_ASSETS = [
+    *[explanations_asset(v) for v in VARIANTS],
+    *[scores_asset(v, v) for v in VARIANTS],
+    scores_asset("pre_fix", "post_fix"),
+]

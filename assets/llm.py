@@ -1,0 +1,61 @@
+"""The LLM resource: which explainer and simulator, which endpoint and models.
+
+`auto` picks the LLM methods when OPENAI_API_KEY is set and the offline `token_lookup` methods when it
+is not, so the pipeline runs end to end with no key. The key itself comes from the environment only
+(dg.EnvVar when set); it never enters config shown in the UI, logs, metadata or tables.
+"""
+
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, LLMClient, LLMSettings
+from nx_dagster.storage import Catalog
+from nx_dagster.stages.explain import ledger_for
+
+OFFLINE = "token_lookup"
+LLM_SIMULATOR = "json_logprobs"
+
+
+class LLMResource(dg.ConfigurableResource):
+    explainer: str = "auto"  # auto | token_lookup | token_activation_pairs
+    simulator: str = "auto"  # auto | token_lookup | json_logprobs | echo_logprobs | logprob_free
+    api_key: str = ""
+    base_url: str = ""
+    explainer_model: str = ""
+    simulator_model: str = ""
+    concurrency: int = 8
+    timeout_s: float = 60.0
+
+    _client: LLMClient | None = PrivateAttr(default=None)
+
+    def _has_key(self) -> bool:
+        return bool(self.api_key or os.environ.get("OPENAI_API_KEY"))
+
+    @property
+    def explainer_name(self) -> str:
+        name = self.explainer if self.explainer != "auto" else (TOKEN_ACTIVATION_PAIRS if self._has_key() else OFFLINE)
+        if name not in EXPLAINERS:
+            raise NxInputError(f"explainer {name!r}", "is not known", f"choose auto or one of {', '.join(EXPLAINERS)}")
+        return name
+
+    @property
+    def simulator_name(self) -> str:
+        name = self.simulator if self.simulator != "auto" else (LLM_SIMULATOR if self._has_key() else OFFLINE)
+        if name not in SIMULATORS:
+            raise NxInputError(f"simulator {name!r}", "is not known", f"choose auto or one of {', '.join(SIMULATORS)}")
+        return name
+
+    def client(self, catalog: Catalog, needed: bool) -> LLMClient | None:
+        """The client (created on first use, never at import), or None for offline methods."""
+        if not needed:
+            return None
+        if self._client is None:
+            settings = LLMSettings.from_env(
+                api_key=self.api_key or None, base_url=self.base_url or None,
+                explainer_model=self.explainer_model or None, simulator_model=self.simulator_model or None,
+                concurrency=self.concurrency, timeout_s=self.timeout_s)
+            self._client = LLMClient(settings, ledger_for(catalog))
+        return self._client

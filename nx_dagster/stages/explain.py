@@ -1,0 +1,125 @@
+"""Stages `explanations` and `scores`: explain neurons from their train records, simulate them from
+the explanation on the valid and calibration records, and score the simulations.
+
+Explanations remember the variant of the activations they were written from; simulations and scores
+record both that variant and the variant they were scored on, so pre-fix explanations can be scored
+on post-fix activations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.explain import (
+    Ledger, LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
+    neuron_records_from_arrow, pair_by_neuron, score_simulations, simulate, simulations_table, sync_ledger,
+)
+from nx_dagster.storage import Catalog
+
+log = logging.getLogger(__name__)
+
+
+def ledger_for(catalog: Catalog) -> Ledger:
+    return Ledger(Path(catalog.home) / "llm_ledger.sqlite")
+
+
+def _in(col: str, values: list[int]) -> str:
+    return f"{col} IN ({', '.join(str(int(v)) for v in values)})"
+
+
+def _neuron_filter(neurons: range | None, alias: str = "") -> str:
+    return "" if neurons is None else f" AND {alias}neuron BETWEEN {neurons.start} AND {neurons.stop - 1}"
+
+
+def load_records(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
+                 neurons: range | None) -> list:
+    table = catalog.query(
+        "SELECT r.model, r.gelu_variant, r.layer, r.neuron, r.kind, r.split, r.rank, r.sequence_id, r.activations, "
+        "s.tokens FROM activation_records r JOIN sequences s ON s.model = r.model AND s.corpus = r.corpus "
+        "AND s.sequence_id = r.sequence_id WHERE r.model = ? AND r.corpus = ? AND r.gelu_variant = ? AND "
+        f"{_in('r.layer', layers)}{_neuron_filter(neurons, 'r.')} AND r.kind IN ('top', 'random') "
+        "ORDER BY r.layer, r.neuron, r.kind, r.rank", [model, corpus, variant])
+    if table.num_rows == 0:
+        raise NxInputError(f"activation records of {model} ({variant}, layers {layers})", "do not exist yet",
+                           "materialize the activations stage for these layers first")
+    return neuron_records_from_arrow(table)
+
+
+def _with(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def write_explanations(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
+                       neurons: range | None, explainer: str, client: LLMClient | None, n_candidates: int = 1) -> dict:
+    t0 = time.perf_counter()
+    records = load_records(catalog, model, corpus, variant, layers, neurons)
+    expl = explain_neurons(records, explainer, client, n_candidates)
+    table = explanations_table(expl)
+    keys = {"model": model, "gelu_variant": variant, "layer": layers, "explainer": explainer}
+    if neurons is not None:
+        keys["neuron"] = list(neurons)
+    snap = catalog.replace("explanations", table, keys, f"explanations {model} {variant} {explainer} layers {layers}")
+    calls = _sync(catalog, client)
+    return {"table": table, "snapshot": snap, "seconds": time.perf_counter() - t0, "llm": calls}
+
+
+def _sync(catalog: Catalog, client: LLMClient | None) -> dict:
+    if client is None:
+        return {}
+    keys = list(client.keys_used)
+    if keys:
+        sync_ledger(catalog, client.ledger, keys)
+    return {**client.ledger.summary(keys), **{f"session_{k}": v for k, v in vars(client.stats).items()}}
+
+
+def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant: str, scored_variant: str,
+                 layers: list[int], neurons: range | None, explainer: str, simulator: str,
+                 client: LLMClient | None) -> dict:
+    """Simulate and score `explainer`'s explanations written from `explanation_variant` activations on
+    the `scored_variant` records; replaces those partitions of simulations and scores in one commit."""
+    t0 = time.perf_counter()
+    expl_table = catalog.query(
+        f"SELECT * FROM explanations WHERE model = ? AND gelu_variant = ? AND explainer = ? AND {_in('layer', layers)}"
+        f"{_neuron_filter(neurons)} ORDER BY layer, neuron, candidate", [model, explanation_variant, explainer])
+    if expl_table.num_rows == 0:
+        raise NxInputError(f"{explainer} explanations of {model} ({explanation_variant}, layers {layers})",
+                           "do not exist yet", "materialize the explanations stage for these layers first")
+    expls = explanations_from_table(expl_table)
+    records = load_records(catalog, model, corpus, scored_variant, layers, neurons)
+    sims = simulations_table(simulate(pair_by_neuron(expls, records), simulator, client))
+    sims = _with(sims, "explainer", pa.array([explainer] * sims.num_rows, pa.string()))
+    scores = score_simulations(sims, explanation_variants(expls))
+    scores = _with(scores, "explainer", pa.array([explainer] * scores.num_rows, pa.string()))
+    keys = {"model": model, "gelu_variant": scored_variant, "explanation_gelu_variant": explanation_variant,
+            "layer": layers, "explainer": explainer, "simulator": simulator}
+    if neurons is not None:
+        keys["neuron"] = list(neurons)
+    snap = catalog.replace_many([("simulations", sims, keys), ("scores", scores, keys)],
+                                f"scores {model} {explanation_variant}->{scored_variant} {simulator} layers {layers}")
+    return {"simulations": sims.num_rows, "scores": scores, "snapshot": snap, "seconds": time.perf_counter() - t0,
+            "llm": _sync(catalog, client)}
+
+
+def score_summary(scores: pa.Table) -> dict:
+    ev = scores["ev_correlation"]
+    valid = pc.drop_null(ev)
+    return {"neurons_scored": scores.num_rows, "failures": scores.num_rows - len(valid),
+            "mean_ev_correlation": pc.mean(valid).as_py() if len(valid) else None,
+            "median_ev_correlation": pc.approximate_median(valid).as_py() if len(valid) else None}
+
+
+def lineage_comparison(catalog: Catalog, model: str, explanation_variant: str, scored_variant: str,
+                       layers: list[int], explainer: str, simulator: str) -> list[dict]:
+    """Per layer: mean ev_correlation of the same explanations scored on their own variant and on the other."""
+    return catalog.query(
+        "SELECT layer, count(*) AS neurons, avg(own.ev_correlation) AS own_variant_mean, "
+        "avg(other.ev_correlation) AS other_variant_mean, avg(other.ev_correlation - own.ev_correlation) AS mean_change "
+        "FROM scores own JOIN scores other USING (explanation_id, model, layer, neuron, explainer, simulator) "
+        "WHERE own.model = ? AND own.explanation_gelu_variant = ? AND own.gelu_variant = ? AND other.gelu_variant = ? "
+        f"AND own.explainer = ? AND own.simulator = ? AND {_in('layer', layers)} GROUP BY layer ORDER BY layer",
+        [model, explanation_variant, explanation_variant, scored_variant, explainer, simulator]).to_pylist()
