@@ -7,6 +7,7 @@ Prints, measured in one run: time and peak memory of all-pairs neuron connection
 tables, the size of the dense matrix they avoid, a naive dense baseline on a few layers (speed ratio),
 and the cost of one `TokenSummary.update` per batch. Peak memory on the CPU is the resident set
 sampled every 5 ms above the level after the weights were made; on CUDA, torch's peak allocation.
+CPU seconds (all threads) are printed beside wall time: on a shared machine they show the work done.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads): robust to other processes sharing the cores."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 class Peak:
     """Peak memory above the level at entry: sampled RSS on the CPU, max_memory_allocated on CUDA."""
 
@@ -40,7 +47,7 @@ class Peak:
         self.cuda = device.startswith("cuda")
 
     def __enter__(self) -> "Peak":
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), cpu_seconds()
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -65,6 +72,7 @@ class Peak:
             self._thread.join()
             self.peak = max(self.peak, rss_bytes())
         self.seconds = time.perf_counter() - self.started
+        self.cpu = cpu_seconds() - self.cpu_started
         self.extra = self.peak - self.base
 
 
@@ -130,7 +138,7 @@ def main() -> None:
         table = neuron_connection_rows(w, "bench", k=k, device=dev)
     dense = (L * N) ** 2 * 4
     pairs = L * (L - 1) // 2
-    print(f"neuron_connections all pairs: {m.seconds:.1f} s for {pairs} layer pairs "
+    print(f"neuron_connections all pairs: {m.seconds:.1f} s wall ({m.cpu:.1f} CPU s) for {pairs} layer pairs "
           f"({m.seconds / pairs * 1000:.0f} ms/pair), {table.num_rows:,} rows; peak memory +{m.extra / GIB:.3f} GiB "
           f"vs dense {L * N}x{L * N} float32 matrix {dense / GIB:.1f} GiB (ratio {dense / max(m.extra, 1):.0f}x)")
     del table
@@ -139,7 +147,8 @@ def main() -> None:
         with Peak(dev) as m:
             table = token_connection_rows(w, FakeTokenizer(), "bench", k=k, device=dev)
         dense_t = 2 * L * N * V * 4
-        print(f"token_connections (input + output): {m.seconds:.1f} s, {table.num_rows:,} rows; peak memory "
+        print(f"token_connections (input + output): {m.seconds:.1f} s wall ({m.cpu:.1f} CPU s), "
+              f"{table.num_rows:,} rows; peak memory "
               f"+{m.extra / GIB:.3f} GiB vs dense [{L * N}, {V}] x 2 {dense_t / GIB:.1f} GiB "
               f"(ratio {dense_t / max(m.extra, 1):.0f}x)")
         del table

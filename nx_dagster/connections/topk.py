@@ -71,14 +71,15 @@ class RunningTopK:
     """Best k (value, global index) per row over tiles offered one at a time.
 
     Each tile contributes its exact top-k candidates (the cut decided by the tie rule); candidates are
-    kept until they reach `buffer` columns, then sorted and cut to k, so memory is rows × max(k, buffer)
-    and sorting happens a few times rather than once per tile.
+    kept until they reach `buffer` columns (default 2k), then sorted and cut to k, so memory is at
+    most rows × (k + buffer + k) values and ids.
     """
 
     def __init__(
-        self, rows: int, k: int, largest: bool, device: torch.device | str, dtype: torch.dtype, buffer: int = 256,
+        self, rows: int, k: int, largest: bool, device: torch.device | str, dtype: torch.dtype,
+        buffer: int | None = None,
     ):
-        self.k, self.largest, self.buffer = k, largest, max(buffer, 2 * k)
+        self.k, self.largest, self.buffer = k, largest, max(buffer or 0, 2 * k)
         self.values = torch.empty((rows, 0), dtype=dtype, device=device)
         self.index = torch.empty((rows, 0), dtype=torch.long, device=device)
         self._pending: list[tuple[Tensor, Tensor]] = []
