@@ -21,5 +21,12 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS],
         resources={"nx": NxResource(), "llm": _llm()},
-        jobs=[dg.define_asset_job("activations_job", selection=dg.AssetSelection.groups("corpus", "pre_fix", "post_fix", "gelu_fix"))],
+        jobs=[
+            dg.define_asset_job("activations_job", selection=dg.AssetSelection.assets(
+                "model", "sequences", ["pre_fix", "activations"], ["post_fix", "activations"], "gelu_fix_impact")),
+            dg.define_asset_job("connections_job", selection=dg.AssetSelection.assets("connections")),
+            dg.define_asset_job("explain_job", selection=dg.AssetSelection.assets(
+                *[[v, a] for v in ("pre_fix", "post_fix") for a in ("explanations", "scores")],
+                ["post_fix", "scores_of_pre_fix_explanations"])),
+        ],
     )
