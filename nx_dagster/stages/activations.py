@@ -121,7 +121,7 @@ def corpus_token_counts(catalog: Catalog, model: str, corpus: str, vocab_size: i
         "SELECT tok, count(*) AS n FROM (SELECT unnest(token_ids) AS tok FROM sequences "
         "WHERE model = ? AND corpus = ?) GROUP BY tok", [model, corpus])
     out = torch.zeros(vocab_size, dtype=torch.long)
-    out[torch.from_numpy(counts["tok"].to_numpy().astype(np.int64))] = torch.from_numpy(counts["n"].to_numpy())
+    out[torch.from_numpy(counts["tok"].to_numpy().astype(np.int64))] = torch.from_numpy(counts["n"].to_numpy().copy())
     return out
 
 
