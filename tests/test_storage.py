@@ -92,3 +92,23 @@ def test_unwritable_home_is_named(tmp_path):
     with pytest.raises(NxInputError, match="NX_HOME") as e:
         Catalog(ro / "file").check_writable()
     assert "Fix:" in str(e.value)
+
+
+def test_two_nxd_runs_at_once_both_land(tmp_path):
+    from tests.checkpoints import build_checkpoint
+
+    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("alpha beta gamma delta epsilon. " * 300)
+    env = {**os.environ, "NX_HOME": str(tmp_path / "home"), "NX_MODEL": str(ckpt), "NX_CORPUS": str(corpus),
+           "DAGSTER_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "nx_dagster.cli", "run", "--stages", "activations", "--variants", "post_fix",
+           "--seq-len", "16", "--layers"]
+    procs = [subprocess.Popen([*cmd, str(layer)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for layer in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = Catalog(tmp_path / "home").query(
+        "SELECT layer, count(*) AS n FROM neuron_stats GROUP BY layer ORDER BY layer").to_pylist()
+    assert rows == [{"layer": 0, "n": 128}, {"layer": 1, "n": 128}]
+    assert Catalog(tmp_path / "home").query("SELECT count(*) FROM models").column(0)[0].as_py() == 1
