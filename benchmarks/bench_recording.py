@@ -103,7 +103,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory at two corpus sizes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} seq_len={args.seq_len}")
     for name in args.models.split(","):

@@ -8,7 +8,7 @@ from scipy import stats as sps
 from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
 from nx_dagster.activations.keys import hash_key, key_seq_id, value_key
 from nx_dagster.activations.sketch import GAMMA
-from nx_dagster.activations.store import TopKStore
+from nx_dagster.activations.store import Activations, TopKStore
 from nx_dagster.model import open_checkpoint
 from tests.checkpoints import build_checkpoint
 
@@ -87,7 +87,7 @@ def test_store_ties_are_deterministic():
     vals = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.5, 2.0]])
     for chunk in (slice(3, 5), slice(0, 3)):  # arrival order must not matter
         seq = torch.arange(5)[chunk]
-        store.update(value_key(vals[chunk], seq), vals[chunk][:, None, :])
+        store.update(value_key(vals[chunk], seq), Activations(vals[chunk][:, None, :]))
     keys, _ = store.sorted()
     assert key_seq_id(keys).tolist() == [[0, 1, 2], [0, 1, 2]]
 
@@ -107,3 +107,20 @@ def test_rows_shape(model):
     assert [r["split"] for r in top[:4]] == ["train", "calibration", "valid", "test"]
     assert all(r["quantile"] is None for r in top)
     assert stats_rows(rec, "m", "c", "pre_fix").num_rows == 128
+
+
+def test_moments_same_for_both_memory_layouts():
+    from nx_dagster.activations.moments import Moments
+
+    x = torch.randn(6, 16, 40) * 0.3 + 0.05  # [B, T, N]
+    standard, neuron_major = Moments(40, "cpu"), Moments(40, "cpu")
+    for part in (x[:4], x[4:]):
+        standard.update(part, part.amax(dim=1))
+        nm = part.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # same values, [N, B, T] memory
+        assert not nm.is_contiguous()
+        neuron_major.update(nm, part.amax(dim=1))
+    a, b = standard.result(), neuron_major.result()
+    flat = x.reshape(-1, 40).double().numpy()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b["kurtosis"].numpy(), sps.kurtosis(flat, axis=0), rtol=1e-3, atol=1e-4)

@@ -11,26 +11,54 @@ import torch
 
 
 class Moments:
+    CHUNK = 256  # tokens per step on the CPU
+
     def __init__(self, n_neurons: int, device):
         self.n = 0
         self.shift: torch.Tensor | None = None
         self.sums = torch.zeros((4, n_neurons), dtype=torch.float64, device=device)
         self.max = torch.full((n_neurons,), float("-inf"), dtype=torch.float64, device=device)
 
-    def update(self, x: torch.Tensor, seq_max: torch.Tensor) -> None:
-        """x [tokens, N] activations, seq_max [B, N] the batch's per-sequence maxima."""
-        x = x.float()
+    def update(self, post: torch.Tensor, seq_max: torch.Tensor) -> None:
+        """post [B, T, N] activations (any memory layout), seq_max [B, N] the per-sequence maxima."""
+        nbt = post.permute(2, 0, 1)
+        if nbt.is_contiguous():  # neuron-major: each neuron's tokens are one contiguous row
+            self._update_rows(nbt.reshape(nbt.shape[0], -1).float())
+        else:
+            self._update_columns(post.reshape(-1, post.shape[-1]).float())
+        self.n += post.shape[0] * post.shape[1]
+        self.max = torch.maximum(self.max, seq_max.amax(dim=0).double())
+
+    def _update_rows(self, x: torch.Tensor) -> None:
+        """x [N, tokens]: row sums as matrix-vector products, a few hundred neurons at a time."""
+        if self.shift is None:
+            self.shift = x.mean(dim=1)
+        ones = torch.ones((x.shape[1], 1), dtype=x.dtype, device=x.device)
+        chunk = max(1, (1 << 20) // x.shape[1]) if x.device.type == "cpu" else x.shape[0]
+        for lo in range(0, x.shape[0], chunk):
+            y = x[lo:lo + chunk] - self.shift[lo:lo + chunk, None]
+            y2 = y * y
+            sl = slice(lo, lo + y.shape[0])
+            self.sums[0, sl] += (y @ ones)[:, 0].double()
+            self.sums[1, sl] += (y2 @ ones)[:, 0].double()
+            self.sums[2, sl] += (y.mul_(y2) @ ones)[:, 0].double()
+            self.sums[3, sl] += (y2.square_() @ ones)[:, 0].double()
+
+    def _update_columns(self, x: torch.Tensor) -> None:
+        """x [tokens, N]."""
         if self.shift is None:
             self.shift = x.mean(dim=0)
-        y = x - self.shift
-        y2 = y * y
-        # Column sums as matrix-vector products (BLAS, float32 within a batch, float64 across batches):
-        # several times faster than a float64 reduction over the token axis.
-        ones = torch.ones((1, x.shape[0]), dtype=x.dtype, device=x.device)
-        for i, term in enumerate((y, y2, y2 * y, y2 * y2)):
-            self.sums[i] += (ones @ term)[0].double()
-        self.n += x.shape[0]
-        self.max = torch.maximum(self.max, seq_max.amax(dim=0).double())
+        # Column sums as matrix-vector products (BLAS; float32 within a chunk, float64 across chunks),
+        # over chunks of tokens small enough that the temporaries stay in cache.
+        chunk = self.CHUNK if x.device.type == "cpu" else x.shape[0]
+        for start in range(0, x.shape[0], chunk):
+            y = x[start:start + chunk] - self.shift
+            y2 = y * y
+            ones = torch.ones((1, y.shape[0]), dtype=y.dtype, device=y.device)
+            self.sums[0] += (ones @ y)[0].double()
+            self.sums[1] += (ones @ y2)[0].double()
+            self.sums[2] += (ones @ y.mul_(y2))[0].double()
+            self.sums[3] += (ones @ y2.square_())[0].double()
 
     def result(self) -> dict[str, torch.Tensor]:
         n = self.n

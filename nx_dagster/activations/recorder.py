@@ -18,7 +18,7 @@ import torch
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
-from nx_dagster.activations.store import EMPTY, TopKStore
+from nx_dagster.activations.store import EMPTY, Activations, TopKStore
 from nx_dagster.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,18 @@ class LayerRecorder:
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
-        seq_max = post.amax(dim=1)  # [B, N]
-        self.top.update(value_key(seq_max, seq_ids), post)
+        seq_max = post.amax(dim=1)  # [B, N] (a contiguous reduction when post is neuron-major)
+        acts = Activations(post)
+        self.top.update(value_key(seq_max, seq_ids), acts)
         rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self._salt)
-        self.random.update(rkey, post)
+        self.random.update(rkey, acts)
         self.sketch.update(seq_max)
         if self.batches in self._REFRESH or self.batches % 32 == 0:
             self.boundaries = self.sketch.boundaries()
         bins = bin_of(seq_max, self.boundaries)  # [B, N]
         qkey = torch.where(bins[None] == self._bin_ids, rotate_key(rkey)[None], EMPTY)  # [5, B, N]
-        self.bins.update(qkey.permute(1, 0, 2).reshape(len(seq_ids), -1), post, period=post.shape[-1])
-        self.moments.update(post.reshape(-1, post.shape[-1]), seq_max)
+        self.bins.update(qkey.permute(1, 0, 2).reshape(len(seq_ids), -1), acts, period=post.shape[-1])
+        self.moments.update(post, seq_max)
         self.batches += 1
 
     def finish(self) -> LayerRecord:
@@ -156,7 +157,7 @@ def record(
             raise ValueError("sequence ids must be below 2**31")
         state["seq_ids"] = seq_ids.to(model.device)
         state["token_ids"] = token_ids.to(model.device)
-        model(state["token_ids"], gelu_variant, on_mlp=on_mlp, layers=max(layers) + 1, logits=False)
+        model(state["token_ids"], gelu_variant, on_mlp=on_mlp, layers=max(layers) + 1, logits=False, neuron_major=True)
         tokens_done += token_ids.numel()
         if on_batch is not None:
             on_batch(i + 1, tokens_done)

@@ -11,15 +11,36 @@ import torch
 EMPTY = -1  # real keys are >= 0
 
 
+class Activations:
+    """One batch of one layer's activations [B, T, N], with a gather of (sequence, neuron) rows.
+
+    When the forward pass computed them neuron-major (GPT2.forward(neuron_major=True)), the view
+    [N, B, T] is contiguous and every row is a contiguous read. Otherwise rows are strided reads, or,
+    when many rows are wanted (the first batches), one transposed copy shared by every store."""
+
+    def __init__(self, post: torch.Tensor):
+        self.post = post
+        nbt = post.permute(2, 0, 1)
+        self._by_neuron: torch.Tensor | None = nbt if nbt.is_contiguous() else None
+
+    def rows(self, b: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """[W, T]: the activations of sequence b[i] for neuron n[i]."""
+        if self._by_neuron is None and len(b) * 16 > self.post.shape[0] * self.post.shape[2]:
+            self._by_neuron = self.post.permute(2, 0, 1).contiguous()  # [N, B, T]
+        if self._by_neuron is not None:
+            return self._by_neuron[n, b]
+        return self.post[b, :, n]
+
+
 class TopKStore:
     def __init__(self, n_neurons: int, k: int, seq_len: int, device, dtype=torch.float32):
         self.k = k
         self.keys = torch.full((n_neurons, k), EMPTY, dtype=torch.int64, device=device)
-        self.acts = torch.zeros((n_neurons, k, seq_len), dtype=dtype, device=device)
+        self.acts = torch.empty((n_neurons, k, seq_len), dtype=dtype, device=device)  # valid where keys != EMPTY
         self.floor = torch.full((n_neurons,), EMPTY, dtype=torch.int64, device=device)  # = keys.min(1)
 
-    def update(self, batch_keys: torch.Tensor, post: torch.Tensor, period: int | None = None) -> None:
-        """batch_keys [B, N] int64 (EMPTY = not a candidate); post [B, T, N'] activations of the batch.
+    def update(self, batch_keys: torch.Tensor, post: "Activations", period: int | None = None) -> None:
+        """batch_keys [B, N] int64 (EMPTY = not a candidate); post: the batch's activations [B, T, N'].
 
         With `period`, store row r holds neuron r % period (several stores side by side, N = m·N')."""
         better = batch_keys > self.floor[None, :]
@@ -39,7 +60,7 @@ class TopKStore:
         self.keys[neuron, ev_slot] = batch_keys[win_b, cols[win_row]]
         self.floor[cols] = self.keys[cols].min(dim=1).values
         src = cols[win_row] if period is None else cols[win_row] % period
-        self.acts[neuron, ev_slot] = post[win_b, :, src].to(self.acts.dtype)
+        self.acts[neuron, ev_slot] = post.rows(win_b, src).to(self.acts.dtype)
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""

@@ -90,7 +90,7 @@ class TokenSummary:
     def _allocate(self, device: torch.device) -> None:
         n = len(self.token_ids) + 1
         self._slot = self._slot.to(device)
-        self.sums = torch.zeros((n, self.n_neurons), dtype=self.dtype, device=device)
+        self.sums = torch.zeros((self.n_neurons, n), dtype=self.dtype, device=device)  # neuron-major
         self.counts = torch.zeros(n, dtype=torch.long, device=device)
 
     def update(self, token_ids: Tensor, post: Tensor) -> None:
@@ -101,7 +101,9 @@ class TokenSummary:
         if self.sums is None:
             self._allocate(post.device)
         slot = self._slot[token_ids.reshape(-1).to(self._slot.device)]
-        self.sums.index_add_(0, slot, post.reshape(-1, self.n_neurons).to(self.dtype))
+        # post is usually neuron-major (the recorder's forward pass): [N, B·T] is then a free view
+        by_neuron = post.permute(2, 0, 1).reshape(self.n_neurons, -1)
+        self.sums.index_add_(1, slot, by_neuron.to(self.dtype))
         self.counts += torch.bincount(slot, minlength=len(self.counts))
 
     def merge(self, other: TokenSummary) -> None:
@@ -123,8 +125,8 @@ class TokenSummary:
             empty = torch.empty((self.n_neurons, 0))
             return empty.long(), empty, empty.long()
         counts = self.counts[:n]
-        means = self.sums[:n] / counts.clamp(min=1).to(self.dtype)[:, None]  # [n, N]
-        scores = means.t().masked_fill((counts < self.min_count)[None, :], float("-inf"))  # [N, n]
+        means = self.sums[:, :n] / counts.clamp(min=1).to(self.dtype)[None, :]  # [N, n]
+        scores = means.masked_fill((counts < self.min_count)[None, :], float("-inf"))  # [N, n]
         values, slots = tile_topk(scores.contiguous(), k, largest=True, dim=1)  # ties: lower slot = lower id
         valid = torch.isfinite(values)
         ids = torch.where(valid, self.token_ids.to(slots.device)[slots], -1)

@@ -81,11 +81,15 @@ class GPT2:
         on_mlp: MlpHook | None = None,
         layers: int | None = None,
         logits: bool = True,
+        neuron_major: bool = False,
     ) -> torch.Tensor:
         """input_ids [batch, seq] -> logits [batch, seq, vocab] (or the residual stream if not logits).
 
         Each sequence is its own context: positions start at 0. `layers` stops after that many blocks
-        (recording needs no LM head); `on_mlp` sees each layer's post-GELU activations.
+        (recording needs no LM head); `on_mlp` sees each layer's post-GELU activations [b, t, n_inner].
+        With `neuron_major` those activations are computed as one [n_inner, b·t] matrix (the same
+        GEMM, transposed output), so the view `on_mlp` gets is contiguous per (neuron, sequence):
+        what the recorder reads.
         """
         gelu = get_variant(gelu_variant).fn
         cfg = self.config
@@ -104,7 +108,11 @@ class GPT2:
             a = a.transpose(1, 2).reshape(b, t, d)
             x = x + F.linear(a, blk.attn_proj_w, blk.attn_proj_b)
             h = F.layer_norm(x, (d,), blk.ln_2_w, blk.ln_2_b, eps)
-            post = gelu(F.linear(h, blk.fc_w, blk.fc_b))  # [b, t, n_inner]
+            if neuron_major:
+                pre = torch.addmm(blk.fc_b[:, None], blk.fc_w, h.reshape(b * t, d).T)  # [n_inner, b·t]
+                post = gelu(pre).view(-1, b, t).permute(1, 2, 0)  # [b, t, n_inner] view
+            else:
+                post = gelu(F.linear(h, blk.fc_w, blk.fc_b))  # [b, t, n_inner]
             if on_mlp is not None:
                 on_mlp(i, post)
             x = x + F.linear(post, blk.proj_w, blk.proj_b)
