@@ -82,7 +82,7 @@ def test_memory_is_bounded_and_merge_adds_up():
     a.merge(b)
     assert torch.allclose(a.sums, whole.sums) and torch.equal(a.counts, whole.counts)
     assert whole.memory_bytes == whole.sums.nbytes + whole.counts.nbytes
-    assert whole.sums.shape == (len(eligible) + 1, NEURONS)
+    assert whole.sums.shape == (NEURONS, len(eligible) + 1)  # neuron-major
 
 
 def test_no_eligible_tokens_gives_no_rows():
