@@ -68,7 +68,7 @@ class LayerRecorder:
         # One store for the five bins side by side (row b·N + n = bin b of neuron n), with twice the quota
         # per bin: candidates binned against the running estimate may move bins at the end.
         self.bins = TopKStore(N_BINS * n, 2 * s.quantile_k, seq_len, device)
-        self._bin_ids = torch.arange(N_BINS, device=device)[:, None, None]
+        self._bin_ids = torch.arange(N_BINS, device=device)
         self.sketch = MaxSketch(n, device)
         self.moments = Moments(n, device)
         self.batches = 0
@@ -85,11 +85,22 @@ class LayerRecorder:
         self.sketch.update(seq_max)
         if self.batches in self._REFRESH or self.batches % 32 == 0:
             self.boundaries = self.sketch.boundaries()
-        bins = bin_of(seq_max, self.boundaries)  # [B, N]
-        qkey = torch.where(bins[None] == self._bin_ids, rotate_key(rkey)[None], EMPTY)  # [5, B, N]
-        self.bins.update(qkey.permute(1, 0, 2).reshape(len(seq_ids), -1), acts, period=post.shape[-1])
+        self._update_bins(bin_of(seq_max, self.boundaries), rotate_key(rkey), acts)
         self.moments.update(post, seq_max)
         self.batches += 1
+
+    def _update_bins(self, bins: torch.Tensor, key: torch.Tensor, acts: Activations) -> None:
+        """bins, key [B, N]: each sequence is a candidate only in its own bin's store row (b·N + n).
+        Only neurons where some sequence beats its bin's floor take the (5-row) dense update."""
+        n = key.shape[1]
+        floors = self.bins.floor.view(N_BINS, n).gather(0, bins)  # [B, N] floor of each one's bin
+        cols = (key > floors).any(dim=0).nonzero().squeeze(1)
+        if cols.numel() == 0:
+            return
+        b_ids = self._bin_ids.view(1, 1, N_BINS)
+        keys = torch.where(bins[:, cols, None] == b_ids, key[:, cols, None], EMPTY)  # [B, n', 5]
+        rows = (b_ids.view(1, N_BINS) * n + cols[:, None]).reshape(-1)  # store rows, same order
+        self.bins.update(keys.reshape(len(key), -1), acts, rows=rows, src=cols.repeat_interleave(N_BINS))
 
     def finish(self) -> LayerRecord:
         top_keys, top_acts = self.top.sorted()

@@ -39,28 +39,30 @@ class TopKStore:
         self.acts = torch.empty((n_neurons, k, seq_len), dtype=dtype, device=device)  # valid where keys != EMPTY
         self.floor = torch.full((n_neurons,), EMPTY, dtype=torch.int64, device=device)  # = keys.min(1)
 
-    def update(self, batch_keys: torch.Tensor, post: "Activations", period: int | None = None) -> None:
-        """batch_keys [B, N] int64 (EMPTY = not a candidate); post: the batch's activations [B, T, N'].
-
-        With `period`, store row r holds neuron r % period (several stores side by side, N = m·N')."""
-        better = batch_keys > self.floor[None, :]
-        cols = better.any(dim=0).nonzero().squeeze(1)  # neurons with at least one candidate
+    def update(self, batch_keys: torch.Tensor, post: Activations, rows: torch.Tensor | None = None,
+               src: torch.Tensor | None = None) -> None:
+        """batch_keys [B, R] int64 (EMPTY = not a candidate) for store rows `rows` [R] (default: all
+        rows), whose activations are column `src` [R] of the batch (default: the row itself)."""
+        floor = self.floor if rows is None else self.floor[rows]
+        better = batch_keys > floor[None, :]
+        cols = better.any(dim=0).nonzero().squeeze(1)  # key columns with at least one candidate
         if cols.numel() == 0:
             return
         k = self.k
-        pool = torch.cat([self.keys[cols], batch_keys[:, cols].T], dim=1)  # [n', k + B]
+        store_rows = cols if rows is None else rows[cols]
+        pool = torch.cat([self.keys[store_rows], batch_keys[:, cols].T], dim=1)  # [n', k + B]
         chosen = torch.zeros_like(pool, dtype=torch.bool).scatter_(1, pool.topk(k, dim=1).indices, True)
-        # Evicted old slots and winning batch rows come out of nonzero() grouped by neuron, in equal
-        # numbers per neuron, so the i-th winner takes the i-th evicted slot.
+        # Evicted old slots and winning batch rows come out of nonzero() grouped by row, in equal
+        # numbers per row, so the i-th winner takes the i-th evicted slot.
         ev_row, ev_slot = (~chosen[:, :k]).nonzero(as_tuple=True)
         win_row, win_b = chosen[:, k:].nonzero(as_tuple=True)
         if ev_row.numel() == 0:
             return
-        neuron = cols[ev_row]
-        self.keys[neuron, ev_slot] = batch_keys[win_b, cols[win_row]]
-        self.floor[cols] = self.keys[cols].min(dim=1).values
-        src = cols[win_row] if period is None else cols[win_row] % period
-        self.acts[neuron, ev_slot] = post.rows(win_b, src).to(self.acts.dtype)
+        target = store_rows[ev_row]
+        self.keys[target, ev_slot] = batch_keys[win_b, cols[win_row]]
+        self.floor[store_rows] = self.keys[store_rows].min(dim=1).values
+        column = cols[win_row] if src is None else src[cols[win_row]]
+        self.acts[target, ev_slot] = post.rows(win_b, column).to(self.acts.dtype)
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""
