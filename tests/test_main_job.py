@@ -37,6 +37,7 @@ def test_every_stage_for_every_neuron_in_both_lineages(home):
     assert one("SELECT count(*) FROM activation_records WHERE kind = 'top'") == 2 * neurons * 20
     assert one("SELECT count(*) FROM gelu_fix_impact") == cfg.n_layer + 1
     assert one("SELECT count(DISTINCT (layer, neuron)) FROM neuron_connections") == neurons
+    assert one("SELECT count(*) FROM token_connections") == neurons * 2 * 2 * 20  # direction × sign × k
     assert one("SELECT count(*) FROM explanations") == 2 * neurons
     assert one("SELECT count(*) FROM explanations WHERE explanation IS NOT NULL") >= 0.99 * 2 * neurons
     assert one("SELECT count(*) FROM explanations WHERE explanation IS NULL AND failure_reason IS NULL") == 0
