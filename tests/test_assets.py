@@ -9,6 +9,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from assets.definitions import defs
+from assets.llm import LLMResource
 from assets.resources import NxResource
 from nx_dagster.cli import main
 from nx_dagster.storage import Catalog
@@ -29,7 +30,9 @@ def setup(tmp_path):
 
 def materialize(instance, nx, selection, **kw):
     d = defs()
-    result = dg.materialize(list(d.assets), selection=selection, instance=instance, resources={"nx": nx}, **kw)
+    result = dg.materialize(list(d.assets), selection=selection, instance=instance,
+                            resources={"nx": nx, "llm": LLMResource(explainer="token_lookup", simulator="token_lookup")},
+                            **kw)
     assert result.success
     return result
 

@@ -217,9 +217,11 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, m
         reasons[g] = "; ".join(why)
     failed = n_failed > 0
     cols = {c: head.column(c) for c in head.column_names}
-    if "explanation_gelu_variant" not in cols:
-        ids = head.column("explanation_id").to_pylist()
-        cols["explanation_gelu_variant"] = pa.array([(variants or {}).get(i) for i in ids], pa.string())
+    # the simulations' own explanation_gelu_variant where stored, else the mapping
+    ids = head.column("explanation_id").to_pylist()
+    stored = cols["explanation_gelu_variant"].to_pylist() if "explanation_gelu_variant" in cols else [None] * len(ids)
+    cols["explanation_gelu_variant"] = pa.array([v if v is not None else (variants or {}).get(i)
+                                                 for i, v in zip(ids, stored)], pa.string())
     for k in METRICS:
         cols[k] = pa.array(metrics[k], mask=nan[k] | failed)
     cols["calibrated_rsquared"] = pa.array(metrics["rsquared"], mask=nan["rsquared"] | failed | ~calibrated)
