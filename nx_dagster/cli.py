@@ -14,22 +14,36 @@ STAGES = ("activations", "connections", "explanations", "scores")
 
 def _instance():
     """The project's Dagster instance: $DAGSTER_HOME if set, else ./dagster.yaml (as `dagster dev`
-    from the repository root uses it), else an instance under NX_HOME/.dagster."""
+    from the repository root uses it), else an instance under NX_HOME/.dagster.
+
+    Opening an instance for the first time creates its SQLite storage; two `nxd run`s started at
+    once would race on that, so opening is serialized by a file lock in the instance folder."""
+    import fcntl
+
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
 
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
     cwd = Path.cwd()
-    if (cwd / "dagster.yaml").exists():
+    if os.environ.get("DAGSTER_HOME"):
+        home, opener = Path(os.environ["DAGSTER_HOME"]), dg.DagsterInstance.get
+    elif (cwd / "dagster.yaml").exists():
         home = cwd / ".dagster_home"
-        home.mkdir(exist_ok=True)
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(cwd)))
-    from nx_dagster.storage.catalog import home_from_env
+        opener = lambda: dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(cwd)))  # noqa: E731
+    else:
+        from nx_dagster.storage.catalog import home_from_env
 
-    home = Path(home_from_env()).expanduser().resolve() / ".dagster"
+        home = Path(home_from_env()).expanduser().resolve() / ".dagster"
+        opener = lambda: dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))  # noqa: E731
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    with open(home / ".nxd-open.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            instance = opener()
+            instance.get_runs(limit=1)  # create the run and schedule storage while the lock is held
+            instance.all_instigator_state()
+            return instance
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _resource(args):
