@@ -220,35 +220,33 @@ def load_weights(path: Path, cfg: GPT2Config) -> GPT2:
     except (SafetensorError, OSError, RuntimeError) as e:
         raise NxInputError(f"weights {path}", f"cannot be read ({e})", "re-download or re-save model.safetensors") from e
     sd = {_strip(k): v.float() for k, v in raw.items()}
-    d, n = cfg.n_embd, cfg.n_inner
-
-    def get(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    shapes = expected_shapes(cfg)  # the one shape table, shared with check_weights
+    for key, shape in shapes.items():
         if key not in sd:
             raise NxInputError(f"weights {path}", f"lack the tensor {key!r}", "use a complete GPT-2 checkpoint")
-        t = sd[key]
-        if tuple(t.shape) != shape:
-            raise NxInputError(
-                f"weights {path}", f"{key} has shape {tuple(t.shape)}, config.json implies {shape}",
-                "use the config.json saved with these weights",
-            )
-        return t
+        if tuple(sd[key].shape) != shape:
+            raise NxInputError(f"weights {path}", f"{key} has shape {tuple(sd[key].shape)}, config.json implies "
+                               f"{shape}", "use the config.json saved with these weights")
+
+    def get(key: str) -> torch.Tensor:
+        return sd[key]
 
     blocks = []
     for i in range(cfg.n_layer):
         p = f"h.{i}."
         blocks.append(Block(
-            ln_1_w=get(p + "ln_1.weight", (d,)), ln_1_b=get(p + "ln_1.bias", (d,)),
-            attn_w=get(p + "attn.c_attn.weight", (d, 3 * d)).t().contiguous(),
-            attn_b=get(p + "attn.c_attn.bias", (3 * d,)),
-            attn_proj_w=get(p + "attn.c_proj.weight", (d, d)).t().contiguous(),
-            attn_proj_b=get(p + "attn.c_proj.bias", (d,)),
-            ln_2_w=get(p + "ln_2.weight", (d,)), ln_2_b=get(p + "ln_2.bias", (d,)),
-            fc_w=get(p + "mlp.c_fc.weight", (d, n)).t().contiguous(), fc_b=get(p + "mlp.c_fc.bias", (n,)),
-            proj_w=get(p + "mlp.c_proj.weight", (n, d)).t().contiguous(), proj_b=get(p + "mlp.c_proj.bias", (d,)),
+            ln_1_w=get(p + "ln_1.weight"), ln_1_b=get(p + "ln_1.bias"),
+            attn_w=get(p + "attn.c_attn.weight").t().contiguous(),
+            attn_b=get(p + "attn.c_attn.bias"),
+            attn_proj_w=get(p + "attn.c_proj.weight").t().contiguous(),
+            attn_proj_b=get(p + "attn.c_proj.bias"),
+            ln_2_w=get(p + "ln_2.weight"), ln_2_b=get(p + "ln_2.bias"),
+            fc_w=get(p + "mlp.c_fc.weight").t().contiguous(), fc_b=get(p + "mlp.c_fc.bias"),
+            proj_w=get(p + "mlp.c_proj.weight").t().contiguous(), proj_b=get(p + "mlp.c_proj.bias"),
         ))
     return GPT2(
-        cfg, get("wte.weight", (cfg.vocab_size, d)), get("wpe.weight", (cfg.n_positions, d)), blocks,
-        get("ln_f.weight", (d,)), get("ln_f.bias", (d,)),
+        cfg, get("wte.weight"), get("wpe.weight"), blocks,
+        get("ln_f.weight"), get("ln_f.bias"),
     )
 
 
