@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from nx_dagster.activations import RecorderSettings, record
+from nx_dagster.activations import Recorder, RecorderSettings
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
 
 SHAPES = {
@@ -56,22 +56,36 @@ def batches(model: GPT2, n_seq: int, seq_len: int, bs: int, device: str):
 
 
 def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str) -> dict:
+    """Bare forward and recording step, interleaved batch by batch (so drift in the machine's speed
+    hits both alike); the recording also pays for `finish`. Medians over `repeats` whole passes."""
     layers = list(range(model.config.n_layer))
-    bare, rec = [], []
-    for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+    bare, rec, fin, ratios = [], [], [], []
+
+    def timed(fn) -> float:
         sync(device)
         t = time.perf_counter()
-        for _, ids in data:
-            model(ids, "post_fix", layers=model.config.n_layer, logits=False)
+        fn()
         sync(device)
-        bare.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        record(model, data, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
-        sync(device)
-        rec.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    for _ in range(repeats):
+        recorder = Recorder(model, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
+        b = r = 0.0
+        for seq_ids, ids in data:
+            b += timed(lambda: model(ids, "post_fix", layers=model.config.n_layer, logits=False))
+            r += timed(lambda: recorder.step(seq_ids, ids))
+        f = timed(recorder.finish)
+        bare.append(b), rec.append(r + f), fin.append(f), ratios.append((r + f) / b)
     tokens = sum(ids.numel() for _, ids in data)
     b, r = statistics.median(bare), statistics.median(rec)
-    return {"tokens": tokens, "bare_s": b, "record_s": r, "ratio": r / b, "bare_tok_s": tokens / b, "record_tok_s": tokens / r}
+    return {"tokens": tokens, "bare_s": b, "record_s": r, "finish_s": statistics.median(fin),
+            "ratio": statistics.median(ratios), "ratios": ratios, "bare_tok_s": tokens / b, "record_tok_s": tokens / r}
+
+
+def recorder_kind(device: str) -> str:
+    from nx_dagster.activations import cpu_kernel
+
+    return "fused CPU kernel (numba)" if device == "cpu" and cpu_kernel.available() else "torch ops"
 
 
 def peak_memory(name: str, n_seq: int, args) -> float:
@@ -80,7 +94,7 @@ def peak_memory(name: str, n_seq: int, args) -> float:
 import resource, torch, json, sys
 sys.path.insert(0, '.')
 from benchmarks.bench_recording import load, batches
-from nx_dagster.activations import RecorderSettings, record
+from nx_dagster.activations import Recorder, RecorderSettings
 m = load({name!r}, {args.device!r}, getattr(torch, {args.dtype!r}))
 data = batches(m, {n_seq}, {args.seq_len}, {args.batch_size}, {args.device!r})
 def gen():
@@ -115,8 +129,9 @@ def main() -> None:
         time_pair(model, data[:1], args.seq_len, 1, args.device)  # warm-up
         r = time_pair(model, data, args.seq_len, args.repeats, args.device)
         print(f"{name}: {r['tokens']:,} tokens | bare forward {r['bare_s']:.3f}s ({r['bare_tok_s']:,.0f} tok/s) | "
-              f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s) | ratio {r['ratio']:.3f}x "
-              f"(median of {args.repeats})")
+              f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s, finish {r['finish_s']:.3f}s) | "
+              f"ratio {r['ratio']:.3f}x (median of {args.repeats}: {', '.join(f'{x:.3f}' for x in r['ratios'])}) "
+              f"| recorder: {recorder_kind(args.device)}")
         if args.memory:
             small, large = args.sequences, args.sequences * 4
             m1, m2 = peak_memory(name, small, args), peak_memory(name, large, args)

@@ -20,4 +20,6 @@ fi
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 python -m pip install -q -e ".${extras}"
+# Compile the recorder's fused CPU kernel now (numba caches it beside the module) rather than in the first run.
+python -c "from nx_dagster.activations import cpu_kernel; cpu_kernel.warm()"
 python -c "import torch, duckdb, dagster; print(f'nx_dagster ready: torch {torch.__version__} (cuda: {torch.cuda.is_available()}), duckdb {duckdb.__version__}, dagster {dagster.__version__}')"

@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
+from nx_dagster.activations import RecorderSettings, cpu_kernel, record, record_rows, stats_rows
+from nx_dagster.activations.recorder import LayerRecorder
 from nx_dagster.activations.keys import hash_key, key_seq_id, value_key
 from nx_dagster.activations.sketch import GAMMA
 from nx_dagster.activations.store import Activations, TopKStore
@@ -13,6 +14,14 @@ from nx_dagster.model import open_checkpoint
 from tests.checkpoints import build_checkpoint
 
 N_SEQ, T = 150, 16
+
+
+@pytest.fixture(params=["fused", "torch"])
+def path(request, monkeypatch):
+    """Both implementations of the per-batch update: the fused CPU kernel and the torch ops (CUDA's)."""
+    monkeypatch.setenv("NX_RECORDER", request.param)
+    assert cpu_kernel.available() == (request.param == "fused")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,7 @@ def full_acts(model, toks, variant):
 
 
 @pytest.mark.parametrize("variant", ["pre_fix", "post_fix"])
-def test_top_k_is_exact_and_random_is_batch_independent(model, variant):
+def test_top_k_is_exact_and_random_is_batch_independent(model, variant, path):
     ids, toks = corpus()
     s = RecorderSettings(top_k=7, random_k=6, quantile_k=3, seed=11)
     a = record(model, batches(ids, toks, 16), variant, [0, 1], T, s)
@@ -56,7 +65,7 @@ def test_top_k_is_exact_and_random_is_batch_independent(model, variant):
         assert torch.equal(a[layer].random[0], expect)
 
 
-def test_moments_and_quantile_bins(model):
+def test_moments_and_quantile_bins(model, path):
     ids, toks = corpus()
     rec = record(model, batches(ids, toks, 32), "post_fix", [1], T, RecorderSettings(quantile_k=4))[1]
     x = full_acts(model, toks, "post_fix")[1].reshape(-1, 128).double().numpy()
@@ -124,3 +133,58 @@ def test_moments_same_for_both_memory_layouts():
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b["kurtosis"].numpy(), sps.kurtosis(flat, axis=0), rtol=1e-3, atol=1e-4)
+
+
+def _stream(n_neurons=300, batch=32, seq_len=16, n_batches=40):
+    """Activations with ties (a quarter-step grid), constant neurons, negatives and a wide range."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_batches):
+        x = torch.randn(batch, seq_len, n_neurons, generator=g) * torch.linspace(0.01, 3, n_neurons)
+        x[:, :, :50] = (x[:, :, :50] * 4).round() / 4
+        x[:, :, 50:60] = -0.05
+        nbt = x.permute(2, 0, 1).contiguous()  # neuron-major memory, as the forward pass hands it over
+        yield torch.arange(i * batch, (i + 1) * batch) * 7 + 3, nbt.permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("neurons", [range(0, 300), range(40, 250)])
+def test_fused_kernel_matches_torch_path(monkeypatch, neurons):
+    """The fused CPU kernel and the torch path keep the same keys, activations, sketch and boundaries;
+    the moments agree to float rounding (they sum in another order)."""
+    out = {}
+    for p in ("torch", "fused"):
+        monkeypatch.setenv("NX_RECORDER", p)
+        rec = LayerRecorder(3, torch.arange(neurons.start, neurons.stop), 16, RecorderSettings(seed=5), "cpu")
+        for seq_ids, post in _stream():
+            full = torch.zeros(post.shape[2], post.shape[0], post.shape[1])
+            full[:] = post.permute(2, 0, 1)  # the recorder slices its neurons out of the whole layer
+            rec.update(seq_ids, full.permute(1, 2, 0))
+        out[p] = (rec.sketch.counts.clone(), rec.boundaries.clone(), rec.finish())
+    (ca, ba, a), (cb, bb, b) = out["torch"], out["fused"]
+    assert torch.equal(ca, cb) and torch.equal(ba, bb)
+    for kind in ("top", "random", "quantile"):
+        for u, v in zip(getattr(a, kind), getattr(b, kind)):
+            assert torch.equal(u, v), kind
+    assert (a.top[0] >= 0).all() and (a.quantile[0] >= 0).any()
+    assert torch.equal(a.stats["max"], b.stats["max"])
+    x = torch.cat([post.permute(2, 0, 1)[neurons.start:neurons.stop] for _, post in _stream()], dim=1)
+    x = x.reshape(len(neurons), -1).double().numpy().T  # [tokens, N] exact, in float64
+    const = x.std(0) == 0  # constant neurons: no skewness or kurtosis (NaN in both paths)
+    v = x[:, ~const]
+    exact = {"mean": v.mean(0), "variance": v.var(0), "skewness": sps.skew(v, 0), "kurtosis": sps.kurtosis(v, 0)}
+    assert 0 < const.sum() < len(const)
+    for k, want in exact.items():
+        for got in (a.stats[k].numpy(), b.stats[k].numpy()):
+            if k in ("skewness", "kurtosis"):
+                assert np.isnan(got[const]).all(), k
+            np.testing.assert_allclose(got[~const], want, rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+def test_fused_kernel_propagates_nan(monkeypatch):
+    monkeypatch.setenv("NX_RECORDER", "fused")
+    rec = LayerRecorder(0, torch.arange(4), 8, RecorderSettings(top_k=2, random_k=2, quantile_k=1), "cpu")
+    x = torch.rand(3, 8, 4)
+    x[1, 5, 2] = float("nan")
+    rec.update(torch.arange(3), x.permute(2, 0, 1).contiguous().permute(1, 2, 0))
+    r = rec.finish()
+    assert torch.isnan(r.stats["mean"][2]) and torch.isnan(r.stats["max"][2])
+    assert not torch.isnan(r.stats["mean"][[0, 1, 3]]).any()

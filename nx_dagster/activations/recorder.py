@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from nx_dagster.activations import cpu_kernel
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
@@ -37,7 +38,7 @@ class RecorderSettings:
     @property
     def version(self) -> str:
         """Changes whenever the recorded tables would: part of the assets' code_version."""
-        text = "recorder-v1:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
+        text = "recorder-v2:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -77,17 +78,25 @@ class LayerRecorder:
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
+        refresh = self.batches in self._REFRESH or self.batches % 32 == 0
+        nbt = post.permute(2, 0, 1)
+        if nbt.device.type == "cpu" and nbt.is_contiguous() and cpu_kernel.available():
+            cpu_kernel.update(self, seq_ids, nbt.float(), refresh)  # the same result, one fused pass
+        else:
+            self._update_torch(seq_ids, post, refresh)
+        self.batches += 1
+
+    def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool) -> None:
         seq_max = post.amax(dim=1)  # [B, N] (a contiguous reduction when post is neuron-major)
         acts = Activations(post)
         self.top.update(value_key(seq_max, seq_ids), acts)
         rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self._salt)
         self.random.update(rkey, acts)
         self.sketch.update(seq_max)
-        if self.batches in self._REFRESH or self.batches % 32 == 0:
+        if refresh:
             self.boundaries = self.sketch.boundaries()
         self._update_bins(bin_of(seq_max, self.boundaries), rotate_key(rkey), acts)
         self.moments.update(post, seq_max)
-        self.batches += 1
 
     def _update_bins(self, bins: torch.Tensor, key: torch.Tensor, acts: Activations) -> None:
         """bins, key [B, N]: each sequence is a candidate only in its own bin's store row (b·N + n).
@@ -108,30 +117,82 @@ class LayerRecorder:
         boundaries = self.sketch.boundaries()
         # Quantile samples were binned against the running boundary estimate; re-bin all candidates
         # against the final boundaries and keep, per final bin, the quantile_k with the highest hash.
-        n = len(self.neurons)
-        keys = self.bins.keys.view(N_BINS, n, -1).permute(1, 0, 2).reshape(n, -1)  # [N, 5·2k]
-        acts = self.bins.acts.view(N_BINS, n, -1, self.bins.acts.shape[-1]).permute(1, 0, 2, 3).reshape(n, keys.shape[1], -1)
-        final_bin = bin_of(acts.amax(dim=2).T, boundaries).T  # [N, 5k]
-        picked_bins, picked_keys, picked_acts = [], [], []
-        rows = torch.arange(len(keys), device=keys.device)[:, None]
+        # Only keys and per-candidate maxima are reshaped; activations are gathered for the picks.
+        n, slots = len(self.neurons), self.bins.k
+        keys = self.bins.keys.view(N_BINS, n, slots).permute(1, 0, 2).reshape(n, N_BINS * slots)
+        cand_max = self.bins.acts.amax(dim=2).view(N_BINS, n, slots).permute(1, 0, 2).reshape(n, -1)
+        final_bin = bin_of(cand_max.T, boundaries).T  # [N, 5·2k]
+        picked_bins, picked_keys, picked_slots = [], [], []
         for b in range(N_BINS):
             masked = torch.where((final_bin == b) & (keys != EMPTY), keys, EMPTY)
             kb, order = masked.topk(min(self.s.quantile_k, masked.shape[1]), dim=1)
             picked_keys.append(kb)
-            picked_acts.append(acts[rows, order])
+            picked_slots.append(order)
             picked_bins.append(torch.where(kb != EMPTY, b, -1))
+        slot = torch.cat(picked_slots, 1)  # [N, M] index into this neuron's 5·2k candidates
+        store_row = (slot // slots) * n + torch.arange(n, device=slot.device)[:, None]
+        flat = (store_row * slots + slot % slots).reshape(-1)
+        seq_len = self.bins.acts.shape[-1]
+        picked_acts = self.bins.acts.reshape(-1, seq_len).index_select(0, flat).view(n, -1, seq_len)
         stats = self.moments.result()
         stats["boundaries"] = boundaries
-        cpu = lambda t: t.cpu()  # noqa: E731
+
+        def out(keys: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(sequence ids, activations) with -1 and zeros in empty slots: fully deterministic."""
+            valid = keys != EMPTY
+            seq = torch.where(valid, key_seq_id(keys), -1)
+            acts = acts.float()  # a fresh tensor from the gathers above: safe to fill in place
+            if not bool(valid.all()):
+                acts.masked_fill_(~valid[..., None], 0.0)
+            return seq.cpu(), acts.cpu()
+
         return LayerRecord(
-            layer=self.layer, neurons=cpu(self.neurons),
-            top=(cpu(torch.where(top_keys != EMPTY, key_seq_id(top_keys), -1)), cpu(top_acts.float())),
-            random=(cpu(torch.where(rnd_keys != EMPTY, key_seq_id(rnd_keys), -1)), cpu(rnd_acts.float())),
-            quantile=(cpu(torch.cat(picked_bins, 1)),
-                      cpu(torch.where(torch.cat(picked_keys, 1) != EMPTY, key_seq_id(torch.cat(picked_keys, 1)), -1)),
-                      cpu(torch.cat(picked_acts, 1).float())),
-            stats={k: cpu(v) for k, v in stats.items()}, n_tokens=self.moments.n,
+            layer=self.layer, neurons=self.neurons.cpu(), top=out(top_keys, top_acts), random=out(rnd_keys, rnd_acts),
+            quantile=(torch.cat(picked_bins, 1).cpu(), *out(torch.cat(picked_keys, 1), picked_acts)),
+            stats={k: v.cpu() for k, v in stats.items()}, n_tokens=self.moments.n,
         )
+
+
+class Recorder:
+    """Records `layers` (and `neurons`, a contiguous range) of `model` batch by batch: `step` runs the
+    forward pass over one batch, `finish` returns the records. `record` is the usual loop over it;
+    the benchmark times `step` against the bare forward pass batch by batch."""
+
+    def __init__(self, model: GPT2, gelu_variant: str, layers: list[int], seq_len: int,
+                 settings: RecorderSettings = RecorderSettings(), neurons: range | None = None,
+                 extra: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None):
+        n_all = model.config.n_neurons
+        rng = neurons or range(n_all)
+        if rng.start < 0 or rng.stop > n_all or len(rng) == 0:
+            raise ValueError(f"neurons {rng.start}-{rng.stop - 1} out of range 0-{n_all - 1}")
+        if not layers:
+            raise ValueError("no layers to record")
+        idx = torch.arange(rng.start, rng.stop)
+        self.model, self.variant, self.layers, self.extra = model, gelu_variant, sorted(layers), extra
+        self.recs = {layer: LayerRecorder(layer, idx, seq_len, settings, model.device) for layer in self.layers}
+        self.tokens = 0
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _on_mlp(self, layer: int, post: torch.Tensor) -> None:
+        rec = self.recs.get(layer)
+        if rec is not None:
+            seq_ids, token_ids = self._batch
+            rec.update(seq_ids, post)
+            if self.extra is not None:
+                self.extra(layer, token_ids, post)
+
+    def step(self, seq_ids: torch.Tensor, token_ids: torch.Tensor) -> None:
+        if int(seq_ids.max()) >= (1 << 31):
+            raise ValueError("sequence ids must be below 2**31")
+        self._batch = (seq_ids.to(self.model.device), token_ids.to(self.model.device))
+        self.model(self._batch[1], self.variant, on_mlp=self._on_mlp, layers=self.layers[-1] + 1, logits=False,
+                   neuron_major=True)
+        self.tokens += token_ids.numel()
+
+    def finish(self) -> dict[int, LayerRecord]:
+        if self.tokens == 0:
+            raise ValueError("no sequences to record")
+        return {layer: rec.finish() for layer, rec in self.recs.items()}
 
 
 def record(
@@ -147,31 +208,9 @@ def record(
     """
     if not layers:
         return {}
-    n_all = model.config.n_neurons
-    rng = neurons or range(n_all)
-    if rng.start < 0 or rng.stop > n_all or len(rng) == 0:
-        raise ValueError(f"neurons {rng.start}-{rng.stop - 1} out of range 0-{n_all - 1}")
-    idx = torch.arange(rng.start, rng.stop)
-    recs = {layer: LayerRecorder(layer, idx, seq_len, settings, model.device) for layer in layers}
-    state: dict[str, torch.Tensor] = {}
-
-    def on_mlp(layer: int, post: torch.Tensor) -> None:
-        rec = recs.get(layer)
-        if rec is not None:
-            rec.update(state["seq_ids"], post)
-            if extra is not None:
-                extra(layer, state["token_ids"], post)
-
-    tokens_done = 0
+    rec = Recorder(model, gelu_variant, layers, seq_len, settings, neurons, extra)
     for i, (seq_ids, token_ids) in enumerate(batches):
-        if int(seq_ids.max()) >= (1 << 31):
-            raise ValueError("sequence ids must be below 2**31")
-        state["seq_ids"] = seq_ids.to(model.device)
-        state["token_ids"] = token_ids.to(model.device)
-        model(state["token_ids"], gelu_variant, on_mlp=on_mlp, layers=max(layers) + 1, logits=False, neuron_major=True)
-        tokens_done += token_ids.numel()
+        rec.step(seq_ids, token_ids)
         if on_batch is not None:
-            on_batch(i + 1, tokens_done)
-    if tokens_done == 0:
-        raise ValueError("no sequences to record")
-    return {layer: rec.finish() for layer, rec in recs.items()}
+            on_batch(i + 1, rec.tokens)
+    return rec.finish()

@@ -1,10 +1,12 @@
 """Streaming quantiles of each neuron's per-sequence maximum, in memory independent of the corpus.
 
-A log-bucketed histogram per neuron (DDSketch-style). Positive values v > V_MIN fall in bucket
-ceil(log(v/V_MIN)/log(GAMMA)) of the positive side, up to V_MAX; |v| <= V_MIN in the zero bucket;
-negative values on a shorter negative side (both GELU variants are >= -0.17, so it stops at -NEG_MAX).
-A quantile is reported as its bucket's upper edge: within a relative GAMMA - 1 (2%) of the exact
-quantile; bin membership is then decided against the reported boundaries, so it is exact for them.
+A log-bucketed histogram per neuron (DDSketch-style). Bucket i holds EDGES[i-1] < v <= EDGES[i]:
+positive buckets have upper edges V_MIN·GAMMA^j up to V_MAX, the zero bucket (-V_MIN, V_MIN], and a
+shorter negative side (both GELU variants are >= -0.17, so it stops near -NEG_MAX); the last bucket
+is open-ended. The edges are one float64 table, so every implementation (torch here, the fused CPU
+kernel in `cpu_kernel.py`) puts a value in the same bucket. A quantile is reported as its bucket's
+upper edge: within a relative GAMMA - 1 (2%) of the exact quantile; bin membership is then decided
+against the reported boundaries, so it is exact for them.
 """
 
 from __future__ import annotations
@@ -23,21 +25,26 @@ N_BUCKETS = NEG + 1 + POS
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
+def _edges() -> torch.Tensor:
+    rel = (torch.arange(N_BUCKETS) - ZERO).double()
+    edge = torch.where(rel > 0, V_MIN * torch.exp(rel * _LOG_G), -V_MIN * torch.exp((-rel - 1) * _LOG_G))
+    edge[ZERO] = V_MIN
+    edge[-1] = math.inf
+    return edge
+
+
+EDGES = _edges()  # [N_BUCKETS] float64, strictly increasing: the upper edge of each bucket
+
+
 def bucket_of(values: torch.Tensor) -> torch.Tensor:
-    v = values.float()
-    a = v.abs()
-    j = torch.ceil(torch.log(a.clamp_min(V_MIN) / V_MIN) / _LOG_G).long()
-    pos = ZERO + j.clamp(1, POS)
-    neg = ZERO - j.clamp(1, NEG)
-    return torch.where(a <= V_MIN, ZERO, torch.where(v > 0, pos, neg))
+    """The bucket of each value: the first i with v <= EDGES[i] (NaN goes to the last bucket)."""
+    edges = EDGES.to(values.device)
+    return torch.searchsorted(edges, values.double().contiguous()).clamp_(max=N_BUCKETS - 1)
 
 
 def upper_edge(bucket: torch.Tensor) -> torch.Tensor:
     """The largest value of each bucket (float64); the top bucket is open-ended (+inf)."""
-    rel = (bucket - ZERO).double()
-    edge = torch.where(rel > 0, V_MIN * torch.exp(rel * _LOG_G), -V_MIN * torch.exp((-rel - 1) * _LOG_G))
-    edge = torch.where(rel == 0, torch.full_like(edge, V_MIN), edge)
-    return torch.where(bucket >= N_BUCKETS - 1, torch.full_like(edge, math.inf), edge)
+    return EDGES.to(bucket.device)[bucket.clamp(0, N_BUCKETS - 1)]
 
 
 class MaxSketch:

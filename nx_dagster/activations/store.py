@@ -67,4 +67,11 @@ class TopKStore:
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""
         order = self.keys.argsort(dim=1, descending=True)
-        return self.keys.gather(1, order), self.acts[torch.arange(len(order), device=order.device)[:, None], order]
+        return self.keys.gather(1, order), take_rows(self.acts, order)
+
+
+def take_rows(acts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """acts [R, k, T], slots [R, m] -> [R, m, T]: acts[r, slots[r, j]], as one row copy each."""
+    r, k, t = acts.shape
+    flat = (torch.arange(r, device=slots.device)[:, None] * k + slots).reshape(-1)
+    return acts.reshape(r * k, t).index_select(0, flat).view(r, slots.shape[1], t)

@@ -1,0 +1,191 @@
+"""The recorder's per-batch work on the CPU as one fused pass (numba), instead of ~30 torch ops.
+
+For each neuron (in parallel) it reads that neuron's [B, T] block of the neuron-major activations
+once: per-sequence maxima and the four power sums for the moments, then the sketch counts, the
+quantile boundaries when due, and the three stores (top, random, quantile bins), each updated by
+replacing its smallest key while a candidate beats it. With unique keys that gives exactly the
+torch path's result (`recorder.LayerRecorder._update_torch`): the same keys, the same copied
+activations, the same sketch counts; only the moments' float sums are added in another order.
+Keys, hashes and buckets follow `keys.py` and `sketch.py` bit for bit (tests check both paths).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from nx_dagster.activations.keys import _ID_MAX, _M32
+from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
+
+try:  # numba is a dependency; without it (an unsupported Python, say) the torch path runs instead
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba cannot install
+    numba = None
+
+_EDGES = EDGES.numpy()
+_Q = np.array(QUANTILES, dtype=np.float64)
+# The bucket of the float32 whose top 16 bits are i (low bits zero): where `_bucket` starts looking.
+_GUESS = bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.float32)).to(torch.int32).numpy()
+
+
+def available() -> bool:
+    """Whether the fused kernel can run (numba imported and not switched off by NX_RECORDER=torch)."""
+    return numba is not None and os.environ.get("NX_RECORDER", "").lower() != "torch"
+
+
+if numba is not None:
+    _jit = numba.njit(cache=True, nogil=True)
+
+    @_jit
+    def _mix(x):
+        x = x & _M32
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+        return x ^ (x >> 16)
+
+    @_jit
+    def _value_key(bits, seq_id):
+        u = np.int64(bits) & _M32
+        mono = _M32 - u if u >= (1 << 31) else u | (1 << 31)
+        return (mono << 31) | (_ID_MAX - seq_id)
+
+    @_jit
+    def _bucket(v, bits, edges, guess):
+        """First i with v <= edges[i]: a table guess from the float's top 16 bits (a cell spans < 1%,
+        a bucket 2%), then corrected against the exact edges."""
+        if v != v:
+            return len(edges) - 1
+        i = guess[(bits >> 16) & 0xFFFF]
+        while i < len(edges) - 1 and v > edges[i]:
+            i += 1
+        while i > 0 and v <= edges[i - 1]:
+            i -= 1
+        return i
+
+    @_jit
+    def _insert(keys, acts, floor, row, key, src):
+        """Put `key` (> floor[row]) with activations `src` [T] in place of the row's smallest key."""
+        k = keys.shape[1]
+        slot = 0
+        for j in range(1, k):
+            if keys[row, j] < keys[row, slot]:
+                slot = j
+        keys[row, slot] = key
+        acts[row, slot, :] = src
+        low = keys[row, 0]
+        for j in range(1, k):
+            low = min(low, keys[row, j])
+        floor[row] = low
+
+    @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
+    def _update(post, seq_ids, shift, sums, vmax, counts, boundaries, refresh, salt,
+                top_keys, top_acts, top_floor, rnd_keys, rnd_acts, rnd_floor, bin_keys, bin_acts, bin_floor,
+                edges, qs, guess):
+        n_neurons, n_seq, seq_len = post.shape
+        for n in numba.prange(n_neurons):
+            maxima = np.empty(n_seq, dtype=np.float32)
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            s4 = 0.0
+            c = shift[n]
+            for b in range(n_seq):
+                row = post[n, b]
+                m = row[0]
+                for t in range(seq_len):  # two loops over the row (in L1): each one vectorizes
+                    m = max(m, row[t])
+                p1 = np.float32(0.0)
+                p2 = np.float32(0.0)
+                p3 = np.float32(0.0)
+                p4 = np.float32(0.0)
+                for t in range(seq_len):
+                    y = row[t] - c
+                    y2 = y * y
+                    p1 += y
+                    p2 += y2
+                    p3 += y2 * y
+                    p4 += y2 * y2
+                if p1 != p1:  # a NaN in the row: the maximum is NaN too, as torch.amax has it
+                    m = np.float32(np.nan)
+                maxima[b] = m
+                s1 += p1
+                s2 += p2
+                s3 += p3
+                s4 += p4
+                if m != m or m > vmax[n]:
+                    vmax[n] = m
+                counts[n, _bucket(np.float64(m), maxima.view(np.int32)[b], edges, guess)] += 1
+            sums[0, n] += s1
+            sums[1, n] += s2
+            sums[2, n] += s3
+            sums[3, n] += s4
+            if refresh:  # this neuron's quantile boundaries from its counts so far: one pass
+                n_buckets = counts.shape[1]
+                total = 0
+                for i in range(n_buckets):
+                    total += counts[n, i]
+                q = 0
+                run = 0
+                for i in range(n_buckets):
+                    run += counts[n, i]
+                    while q < len(qs) and run >= max(1, int(math.ceil(qs[q] * total))):
+                        boundaries[n, q] = edges[i]
+                        q += 1
+                    if q == len(qs):
+                        break
+                for q2 in range(q, len(qs)):
+                    boundaries[n, q2] = edges[n_buckets - 1]
+            bits = maxima.view(np.int32)
+            hn = salt[n]
+            for b in range(n_seq):
+                sid = seq_ids[b]
+                low_id = _ID_MAX - sid
+                key = _value_key(bits[b], sid)
+                if key > top_floor[n]:
+                    _insert(top_keys, top_acts, top_floor, n, key, post[n, b])
+                h = _mix(sid * 0x27D4EB2F + hn)
+                rkey = (h << 31) | low_id
+                if rkey > rnd_floor[n]:
+                    _insert(rnd_keys, rnd_acts, rnd_floor, n, rkey, post[n, b])
+                m = np.float64(maxima[b])
+                bn = 0
+                for q in range(boundaries.shape[1]):
+                    if m > boundaries[n, q]:
+                        bn += 1
+                bkey = ((((h << 16) | (h >> 16)) & _M32) << 31) | low_id
+                brow = bn * n_neurons + n
+                if bkey > bin_floor[brow]:
+                    _insert(bin_keys, bin_acts, bin_floor, brow, bkey, post[n, b])
+
+
+def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
+    """Apply one batch to LayerRecorder `rec`; nbt [N, B, T] float32 contiguous on the CPU."""
+    mom, sk = rec.moments, rec.sketch
+    if mom.shift is None:
+        mom.shift = nbt.reshape(nbt.shape[0], -1).mean(dim=1)
+    if rec.boundaries is None:
+        rec.boundaries = torch.zeros((nbt.shape[0], len(QUANTILES)), dtype=torch.float64)
+    np_ = lambda t: t.numpy()  # noqa: E731 - views, no copies
+    _update(np_(nbt), np_(seq_ids), np_(mom.shift), np_(mom.sums), np_(mom.max), np_(sk.counts),
+            np_(rec.boundaries), refresh, np_(rec._salt),
+            np_(rec.top.keys), np_(rec.top.acts), np_(rec.top.floor),
+            np_(rec.random.keys), np_(rec.random.acts), np_(rec.random.floor),
+            np_(rec.bins.keys), np_(rec.bins.acts), np_(rec.bins.floor), _EDGES, _Q, _GUESS)
+    mom.n += nbt.shape[1] * nbt.shape[2]
+
+
+def warm() -> bool:
+    """Compile (or load from numba's cache) the kernel on a toy batch; False where it cannot run."""
+    if not available():
+        return False
+    from nx_dagster.activations.recorder import LayerRecorder, RecorderSettings
+
+    rec = LayerRecorder(0, torch.arange(2), 4, RecorderSettings(top_k=1, random_k=1, quantile_k=1), "cpu")
+    update(rec, torch.arange(3), torch.rand(2, 3, 4), refresh=True)
+    return True
+
+
+assert N_BUCKETS == len(_EDGES)
