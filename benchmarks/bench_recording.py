@@ -94,7 +94,7 @@ def peak_memory(name: str, n_seq: int, args) -> float:
 import resource, torch, json, sys
 sys.path.insert(0, '.')
 from benchmarks.bench_recording import load, batches
-from nx_dagster.activations import Recorder, RecorderSettings
+from nx_dagster.activations import RecorderSettings, record
 m = load({name!r}, {args.device!r}, getattr(torch, {args.dtype!r}))
 data = batches(m, {n_seq}, {args.seq_len}, {args.batch_size}, {args.device!r})
 def gen():
@@ -112,9 +112,9 @@ def main() -> None:
     p.add_argument("--models", default="bundled,gpt2-small")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--sequences", type=int, default=64)
+    p.add_argument("--sequences", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory at two corpus sizes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -141,9 +141,19 @@ def _input_error(what, problem, fix):
 def cmd_sql(args) -> int:
     from nx_dagster.storage import Catalog
 
+    import duckdb
+
     cat = Catalog(args.home or None)
-    with cat.session() as con:
-        rel = cat._retry(lambda: con.sql(args.query))
+    with cat.session(read_only=True) as con:
+        try:
+            rel = cat._retry(lambda: con.sql(args.query))
+        except duckdb.Error as e:
+            read_only = "read-only mode" in str(e)
+            raise _input_error(
+                f"query {args.query!r}", str(e).strip(),
+                "nxd sql only reads: tables change through `nxd run` (or Dagster)" if read_only
+                else "correct the SQL; `SHOW TABLES` and the README's SQL contract list the tables and columns",
+            ) from None
         if rel is None:
             return 0
         if args.format == "table":

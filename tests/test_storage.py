@@ -112,3 +112,34 @@ def test_two_nxd_runs_at_once_both_land(tmp_path):
         "SELECT layer, count(*) AS n FROM neuron_stats GROUP BY layer ORDER BY layer").to_pylist()
     assert rows == [{"layer": 0, "n": 128}, {"layer": 1, "n": 128}]
     assert Catalog(tmp_path / "home").query("SELECT count(*) FROM models").column(0)[0].as_py() == 1
+
+
+def _tree(root) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_nxd_sql_reads_without_writing(tmp_path, capsys):
+    """`nxd sql` attaches the catalog read-only: nothing under NX_HOME changes, writes are refused."""
+    from nx_dagster.cli import main
+
+    cat = Catalog(tmp_path)
+    cat.replace("neuron_stats", stats_rows(0, 5, 1.0), {"model": "m", "gelu_variant": "post_fix", "layer": 0})
+    before = _tree(tmp_path)
+    assert main(["sql", "--home", str(tmp_path), "--format", "json", "SELECT count(*) AS n FROM neuron_stats"]) == 0
+    assert capsys.readouterr().out.strip() == '[{"n": 5}]'
+    assert main(["sql", "--home", str(tmp_path), "DELETE FROM neuron_stats"]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "--home", str(tmp_path), "SELEC 1"]) == 2
+    assert "syntax error" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+    assert cat.query("SELECT count(*) FROM neuron_stats").column(0)[0].as_py() == 5
+
+
+def test_nxd_sql_on_an_empty_home_is_clear(tmp_path, capsys):
+    from nx_dagster.cli import main
+
+    empty = tmp_path / "nothing-here"
+    assert main(["sql", "--home", str(empty), "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no catalog yet" in err and "nxd run" in err
+    assert not empty.exists()

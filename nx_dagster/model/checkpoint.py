@@ -24,6 +24,7 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json")
 BUNDLED = "bundled"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "model"
 BUNDLED_NAME = "nx-tiny-gpt2"
+MEMO_MIN_BYTES = 1 << 24  # files at least this big have their hash remembered (see _sha256)
 
 
 @dataclass
@@ -56,11 +57,33 @@ class Checkpoint:
 
 
 def _sha256(path: Path) -> str:
+    """The file's SHA-256, remembered in NX_CACHE by (path, size, mtime, inode): each layer partition
+    of a GPT-2 XL run opens the checkpoint, and hashing 6 GB each time would cost seconds apiece."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    memo = _cache_root() / "sha256.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if st.st_size >= MEMO_MIN_BYTES:  # only big files are worth remembering
+        try:
+            known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
+            known[key] = digest
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, memo)  # atomic: a concurrent reader sees the old or the new file
+        except OSError as e:  # a read-only cache only costs the hashing time next run
+            log.info("could not remember the hash of %s in %s: %s", path, memo, e)
+    return digest
 
 
 def resolve(source: str | None) -> tuple[str, Path]:
@@ -80,9 +103,12 @@ def resolve(source: str | None) -> tuple[str, Path]:
     return source, _fetch_hub(source)
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("NX_CACHE", Path.home() / ".cache" / "nx_dagster"))
+
+
 def _cache_dir(key: str) -> Path:
-    root = Path(os.environ.get("NX_CACHE", Path.home() / ".cache" / "nx_dagster"))
-    return root / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return _cache_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _fetch_fsspec(url: str) -> Path:

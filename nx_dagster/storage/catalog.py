@@ -66,17 +66,29 @@ class Catalog:
                 "point NX_HOME at a folder you can write to, or fix its permissions",
             ) from e
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the catalog attached as `nx` and selected, tables created."""
-        self.check_writable()
+    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the catalog attached as `nx` and selected, tables created.
+
+        `read_only` (what `nxd sql` uses) writes nothing under NX_HOME, so a shared or read-only
+        data root can be queried; it needs a catalog that a run has already created."""
+        if read_only:
+            if not self.catalog_path.is_file():
+                raise NxInputError(
+                    f"NX_HOME {str(self.home)!r}", "holds no catalog yet",
+                    "run `nxd run` first, or point NX_HOME (or --home) at an existing data root",
+                )
+        else:
+            self.check_writable()
         con = duckdb.connect()
         for ext in ("sqlite", "ducklake"):
             load_extension(con, ext)
         self._retry(lambda: con.execute(
             f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{self.data_path}/')"
+            f"(DATA_PATH '{self.data_path}/'{', READ_ONLY' if read_only else ''})"
         ))
         con.execute(f"USE {ALIAS}")
+        if read_only:
+            return con
         existing = {r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
         missing = [t for t in TABLES if t not in existing]
@@ -87,8 +99,8 @@ class Catalog:
         return con
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self.connect()
+    def session(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect(read_only)
         try:
             yield con
         finally:
