@@ -31,7 +31,7 @@ class DiffHistogram:
         d = diff.float().reshape(-1)
         idx = torch.floor(torch.log(d.clamp_min(D_MIN) / D_MIN) / math.log(GAMMA)).long() + 1
         idx = torch.where(d <= D_MIN, 0, idx.clamp(1, N_BUCKETS - 1))
-        self.counts[layer] += torch.bincount(idx, minlength=N_BUCKETS)
+        self.counts[layer].index_add_(0, idx, torch.ones_like(idx))  # (bincount would sync with a GPU)
         self.max[layer] = torch.maximum(self.max[layer], d.max().double())
         self.sum[layer] += d.sum(dtype=torch.float64)
 

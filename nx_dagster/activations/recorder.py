@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
@@ -70,6 +71,7 @@ class LayerRecorder:
         # per bin: candidates binned against the running estimate may move bins at the end.
         self.bins = TopKStore(N_BINS * n, 2 * s.quantile_k, seq_len, device)
         self._bin_ids = torch.arange(N_BINS, device=device)
+        self._bin_src = torch.arange(N_BINS * n, device=device) % n  # the batch column of each bin row
         self.sketch = MaxSketch(n, device)
         self.moments = Moments(n, device)
         self.batches = 0
@@ -80,28 +82,35 @@ class LayerRecorder:
         post = post[:, :, self.lo:self.hi]
         refresh = self.batches in self._REFRESH or self.batches % 32 == 0
         nbt = post.permute(2, 0, 1)
+        mode = os.environ.get("NX_RECORDER", "").lower()
         if nbt.device.type == "cpu" and nbt.is_contiguous() and cpu_kernel.available():
             cpu_kernel.update(self, seq_ids, nbt.float(), refresh)  # the same result, one fused pass
-        else:
-            self._update_torch(seq_ids, post, refresh)
+        else:  # on a GPU every step is a fixed-shape op: no host sync, so batches queue back to back
+            self._update_torch(seq_ids, post, refresh, dense=nbt.device.type != "cpu" or mode == "dense")
         self.batches += 1
 
-    def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool) -> None:
+    def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool, dense: bool) -> None:
         seq_max = post.amax(dim=1)  # [B, N] (a contiguous reduction when post is neuron-major)
         acts = Activations(post)
-        self.top.update(value_key(seq_max, seq_ids), acts)
+        self.top.update(value_key(seq_max, seq_ids), acts, dense=dense)
         rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self._salt)
-        self.random.update(rkey, acts)
+        self.random.update(rkey, acts, dense=dense)
         self.sketch.update(seq_max)
         if refresh:
             self.boundaries = self.sketch.boundaries()
-        self._update_bins(bin_of(seq_max, self.boundaries), rotate_key(rkey), acts)
+        self._update_bins(bin_of(seq_max, self.boundaries), rotate_key(rkey), acts, dense)
         self.moments.update(post, seq_max)
 
-    def _update_bins(self, bins: torch.Tensor, key: torch.Tensor, acts: Activations) -> None:
+    def _update_bins(self, bins: torch.Tensor, key: torch.Tensor, acts: Activations, dense: bool) -> None:
         """bins, key [B, N]: each sequence is a candidate only in its own bin's store row (b·N + n).
-        Only neurons where some sequence beats its bin's floor take the (5-row) dense update."""
+        Sparse: only neurons where some sequence beats its bin's floor take the (5-row) update.
+        Dense: every row, with EMPTY where a sequence is not in that bin (no data-dependent shapes)."""
         n = key.shape[1]
+        if dense:
+            b_ids = self._bin_ids.view(1, N_BINS, 1)
+            keys = torch.where(bins[:, None, :] == b_ids, key[:, None, :], EMPTY)  # [B, 5, N]: row b·N + n
+            self.bins.update(keys.reshape(len(key), -1), acts, src=self._bin_src, dense=True)
+            return
         floors = self.bins.floor.view(N_BINS, n).gather(0, bins)  # [B, N] floor of each one's bin
         cols = (key > floors).any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:

@@ -40,9 +40,14 @@ class TopKStore:
         self.floor = torch.full((n_neurons,), EMPTY, dtype=torch.int64, device=device)  # = keys.min(1)
 
     def update(self, batch_keys: torch.Tensor, post: Activations, rows: torch.Tensor | None = None,
-               src: torch.Tensor | None = None) -> None:
+               src: torch.Tensor | None = None, dense: bool = False) -> None:
         """batch_keys [B, R] int64 (EMPTY = not a candidate) for store rows `rows` [R] (default: all
-        rows), whose activations are column `src` [R] of the batch (default: the row itself)."""
+        rows), whose activations are column `src` [R] of the batch (default: the row itself).
+
+        `dense` (all rows; what CUDA uses) merges every row whether or not it has a candidate: fixed
+        shapes and no host sync, at the price of copying the whole store once per batch."""
+        if dense:
+            return self._update_dense(batch_keys, post, src)
         floor = self.floor if rows is None else self.floor[rows]
         better = batch_keys > floor[None, :]
         cols = better.any(dim=0).nonzero().squeeze(1)  # key columns with at least one candidate
@@ -63,6 +68,17 @@ class TopKStore:
         self.floor[store_rows] = self.keys[store_rows].min(dim=1).values
         column = cols[win_row] if src is None else src[cols[win_row]]
         self.acts[target, ev_slot] = post.rows(win_b, column).to(self.acts.dtype)
+
+    def _update_dense(self, batch_keys: torch.Tensor, post: Activations, src: torch.Tensor | None) -> None:
+        k, n_rows = self.k, batch_keys.shape[1]
+        pool = torch.cat([self.keys, batch_keys.T], dim=1)  # [R, k + B]
+        keys, idx = pool.topk(k, dim=1)  # sorted: the floor is the last column
+        old = idx < k
+        kept = take_rows(self.acts, idx.clamp(max=k - 1))  # [R, k, T]
+        column = torch.arange(n_rows, device=idx.device) if src is None else src
+        fresh = post.rows((idx - k).clamp(min=0).reshape(-1), column.repeat_interleave(k)).view_as(kept)
+        self.acts = torch.where(old[..., None], kept, fresh.to(self.acts.dtype))
+        self.keys, self.floor = keys, keys[:, -1].clone()
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys [N, k], acts [N, k, T]) in descending key order (rank 0 first); EMPTY slots last."""

@@ -104,7 +104,7 @@ class TokenSummary:
         # post is usually neuron-major (the recorder's forward pass): [N, B·T] is then a free view
         by_neuron = post.permute(2, 0, 1).reshape(self.n_neurons, -1)
         self.sums.index_add_(1, slot, by_neuron.to(self.dtype))
-        self.counts += torch.bincount(slot, minlength=len(self.counts))
+        self.counts.index_add_(0, slot, torch.ones_like(slot))  # (bincount would sync with a GPU)
 
     def merge(self, other: TokenSummary) -> None:
         """Add another summary of the same layer and eligible tokens (e.g. from another worker)."""
