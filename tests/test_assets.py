@@ -51,11 +51,18 @@ def test_materialize_all_and_rerun_is_idempotent(setup):
     cat = Catalog(nx.home)
     count = "SELECT gelu_variant, layer, kind, count(*) AS n FROM activation_records GROUP BY ALL ORDER BY ALL"
     before = cat.query(count).to_pylist()
+    content = ("SELECT md5(string_agg(x::VARCHAR, '|' ORDER BY x::VARCHAR)) FROM (SELECT {t} AS x FROM {t} "
+               "WHERE gelu_variant = 'pre_fix' AND layer = 1)")
+    tables = ("activation_records", "neuron_stats")
+    digest = {t: cat.query(content.format(t=t)).column(0)[0].as_py() for t in tables}
+    assert all(digest.values())
     assert {(r["gelu_variant"], r["kind"], r["n"]) for r in before if r["kind"] != "quantile"} == {
         (v, "top", 6 * 128) for v in ("pre_fix", "post_fix")} | {(v, "random", 5 * 128) for v in ("pre_fix", "post_fix")}
     materialize(instance, nx, ["pre_fix/activations"], partition_key="1")  # one partition again
     materialize(instance, nx, ["model", "sequences"])
     assert cat.query(count).to_pylist() == before
+    # same seed, same corpus: the rerun partition holds exactly the same rows, values included
+    assert {t: cat.query(content.format(t=t)).column(0)[0].as_py() for t in tables} == digest
     assert cat.query("SELECT count(*) FROM sequences").column(0)[0].as_py() == cat.query(
         "SELECT count(DISTINCT sequence_id) FROM sequences").column(0)[0].as_py()
     fi = materialize(instance, nx, ["gelu_fix_impact"]).asset_materializations_for_node("gelu_fix_impact")[0]
