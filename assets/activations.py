@@ -130,7 +130,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
     return _asset
 
 
-@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"}, code_version="fix-impact-v1",
+@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"}, code_version="fix-impact-v2",
           pool="compute")
 def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens:

@@ -22,4 +22,16 @@ def test_fix_impact_matches_exact_quantiles(tmp_path):
         for name, q in (("median", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
             exact = np.quantile(d, q, method="inverted_cdf")
             assert exact <= r[name] * (1 + 1e-6) and r[name] <= exact * 1.001 + 1e-9, (name, r[name], exact)
+        qs = [r["median"], r["p90"], r["p99"], r["p999"], r["max"]]
+        assert qs == sorted(qs), qs  # no estimate above the next one or above the exact maximum
     assert rows[0]["median"] > 0  # the variants really differ
+
+
+def test_quantiles_never_exceed_the_maximum():
+    """A bucket's upper edge can lie past every value in it: the reported quantile stops at the max."""
+    from nx_dagster.activations.fix_impact import DiffHistogram
+
+    h = DiffHistogram(1, "cpu")
+    h.update(0, torch.full((1000,), 0.3))
+    row = h.rows("m", "c").to_pylist()[0]
+    assert row["median"] == row["p999"] == row["max"] == float(torch.tensor(0.3))

@@ -77,6 +77,7 @@ def test_moments_and_quantile_bins(model, path):
     np.testing.assert_allclose(st["kurtosis"].numpy(), sps.kurtosis(x, axis=0), rtol=1e-3, atol=1e-4)
     seq_max = full_acts(model, toks, "post_fix")[1].amax(dim=1).double().numpy()  # [S, N]
     bnd = st["boundaries"].numpy()
+    assert np.all(bnd <= st["max"].numpy()[:, None]) and np.all(np.diff(bnd, axis=1) >= 0)
     for j, q in enumerate((0.5, 0.9, 0.99, 0.999)):
         exact = np.quantile(seq_max, q, axis=0, method="inverted_cdf")
         lo, hi = np.minimum(exact, exact * GAMMA), np.maximum(exact, exact * GAMMA)

@@ -36,10 +36,12 @@ class DiffHistogram:
         self.sum[layer] += d.sum(dtype=torch.float64)
 
     @staticmethod
-    def _quantile(counts: np.ndarray, q: float) -> float:
+    def _quantile(counts: np.ndarray, q: float, exact_max: float) -> float:
+        """The upper edge of the bucket holding the q-quantile, but never above the exact maximum
+        (the top bucket's edge can lie past it; the true quantile cannot)."""
         cum = np.cumsum(counts)
         bucket = int(np.searchsorted(cum, max(1, math.ceil(q * cum[-1]))))
-        return 0.0 if bucket == 0 else D_MIN * GAMMA**bucket  # the bucket's upper edge
+        return 0.0 if bucket == 0 else min(D_MIN * GAMMA**bucket, float(exact_max))
 
     def rows(self, model: str, corpus: str) -> pa.Table:
         counts, mx, sm = self.counts.cpu().numpy(), self.max.cpu().numpy(), self.sum.cpu().numpy()
@@ -51,7 +53,7 @@ class DiffHistogram:
             out["layer"].append(layer)
             out["n"].append(n)
             for name, q in QUANTILES.items():
-                out[name].append(self._quantile(c, q))
+                out[name].append(self._quantile(c, q, m))
             out["max"].append(float(min(m, D_MAX)))
             out["mean"].append(float(s / n))
         nrows = len(out["layer"])

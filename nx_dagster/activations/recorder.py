@@ -123,7 +123,9 @@ class LayerRecorder:
     def finish(self) -> LayerRecord:
         top_keys, top_acts = self.top.sorted()
         rnd_keys, rnd_acts = self.random.sorted()
-        boundaries = self.sketch.boundaries()
+        # A boundary is its bucket's upper edge, never above the exact maximum (for every value seen,
+        # v <= edge and v <= max are the same test there, so no bin changes).
+        boundaries = torch.minimum(self.sketch.boundaries(), self.moments.max[:, None].to(torch.float64))
         # Quantile samples were binned against the running boundary estimate; re-bin all candidates
         # against the final boundaries and keep, per final bin, the quantile_k with the highest hash.
         # Only keys and per-candidate maxima are reshaped; activations are gathered for the picks.
