@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--models", default="bundled,gpt2-small")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--sequences", type=int, default=256)
+    p.add_argument("--sequences", type=int, default=512)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)

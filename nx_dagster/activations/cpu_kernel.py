@@ -81,6 +81,25 @@ if numba is not None:
             low = min(low, keys[row, j])
         floor[row] = low
 
+    @_jit
+    def _insert_best(keys, acts, floor, row, cand, count, rows, seq_ids):
+        """Insert the best of `count` candidate keys cand[:count] (each > floor[row] when gathered);
+        `rows` [B, T] holds the batch's activations for this neuron, found by the key's sequence id."""
+        if count == 0:
+            return
+        k = keys.shape[1]
+        chosen = cand[:count]
+        if count > k:
+            chosen = np.sort(chosen)[count - k:]
+        for j in range(len(chosen)):
+            key = chosen[j]
+            if key > floor[row]:
+                sid = _ID_MAX - (key & _ID_MAX)
+                b = 0
+                while seq_ids[b] != sid:
+                    b += 1
+                _insert(keys, acts, floor, row, key, rows[b])
+
     @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
     def _update(post, seq_ids, shift, sums, vmax, counts, boundaries, refresh, salt,
                 top_keys, top_acts, top_floor, rnd_keys, rnd_acts, rnd_floor, bin_keys, bin_acts, bin_floor,
@@ -88,6 +107,7 @@ if numba is not None:
         n_neurons, n_seq, seq_len = post.shape
         for n in numba.prange(n_neurons):
             maxima = np.empty(n_seq, dtype=np.float32)
+            bits = maxima.view(np.int32)  # the same memory: the maxima's IEEE bits
             s1 = 0.0
             s2 = 0.0
             s3 = 0.0
@@ -118,7 +138,7 @@ if numba is not None:
                 s4 += p4
                 if m != m or m > vmax[n]:
                     vmax[n] = m
-                counts[n, _bucket(np.float64(m), maxima.view(np.int32)[b], edges, guess)] += 1
+                counts[n, _bucket(np.float64(m), bits[b], edges, guess)] += 1
             sums[0, n] += s1
             sums[1, n] += s2
             sums[2, n] += s3
@@ -128,38 +148,54 @@ if numba is not None:
                 total = 0
                 for i in range(n_buckets):
                     total += counts[n, i]
+                target = np.empty(len(qs), dtype=np.int64)
+                for q in range(len(qs)):
+                    target[q] = max(1, int(math.ceil(qs[q] * total)))
                 q = 0
                 run = 0
                 for i in range(n_buckets):
                     run += counts[n, i]
-                    while q < len(qs) and run >= max(1, int(math.ceil(qs[q] * total))):
+                    while q < len(qs) and run >= target[q]:
                         boundaries[n, q] = edges[i]
                         q += 1
                     if q == len(qs):
                         break
                 for q2 in range(q, len(qs)):
                     boundaries[n, q2] = edges[n_buckets - 1]
-            bits = maxima.view(np.int32)
             hn = salt[n]
+            # Candidates are gathered per store row first; a row with more than k of them (the first
+            # batches) takes only its k best, so no candidate is copied in only to be evicted.
+            top_c = np.empty(n_seq, dtype=np.int64)
+            rnd_c = np.empty(n_seq, dtype=np.int64)
+            bin_c = np.empty((len(qs) + 1, n_seq), dtype=np.int64)
+            n_bin = np.zeros(len(qs) + 1, dtype=np.int64)
+            n_top = 0
+            n_rnd = 0
             for b in range(n_seq):
                 sid = seq_ids[b]
                 low_id = _ID_MAX - sid
                 key = _value_key(bits[b], sid)
                 if key > top_floor[n]:
-                    _insert(top_keys, top_acts, top_floor, n, key, post[n, b])
+                    top_c[n_top] = key
+                    n_top += 1
                 h = _mix(sid * 0x27D4EB2F + hn)
                 rkey = (h << 31) | low_id
                 if rkey > rnd_floor[n]:
-                    _insert(rnd_keys, rnd_acts, rnd_floor, n, rkey, post[n, b])
+                    rnd_c[n_rnd] = rkey
+                    n_rnd += 1
                 m = np.float64(maxima[b])
                 bn = 0
                 for q in range(boundaries.shape[1]):
                     if m > boundaries[n, q]:
                         bn += 1
                 bkey = ((((h << 16) | (h >> 16)) & _M32) << 31) | low_id
-                brow = bn * n_neurons + n
-                if bkey > bin_floor[brow]:
-                    _insert(bin_keys, bin_acts, bin_floor, brow, bkey, post[n, b])
+                if bkey > bin_floor[bn * n_neurons + n]:
+                    bin_c[bn, n_bin[bn]] = bkey
+                    n_bin[bn] += 1
+            _insert_best(top_keys, top_acts, top_floor, n, top_c, n_top, post[n], seq_ids)
+            _insert_best(rnd_keys, rnd_acts, rnd_floor, n, rnd_c, n_rnd, post[n], seq_ids)
+            for bn in range(len(qs) + 1):
+                _insert_best(bin_keys, bin_acts, bin_floor, bn * n_neurons + n, bin_c[bn], n_bin[bn], post[n], seq_ids)
 
 
 def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
