@@ -210,3 +210,22 @@ def test_cuda_recording_matches_cpu(model):
             np.testing.assert_allclose(b.stats[k], a.stats[k], rtol=1e-3, atol=1e-5)
     half = record(model.to("cuda", torch.bfloat16), batches(ids, toks, 32), "post_fix", [1], T, s)[1]
     assert torch.isfinite(half.stats["mean"]).all() and (half.top[0] >= 0).all()
+
+
+@pytest.mark.slow
+def test_fused_power_sums_compile_to_the_same_sums(monkeypatch):
+    """What a GPU runs for the moments: `power_sums` through torch.compile (here inductor's CPU code;
+    on CUDA, Triton). It must give the eager sums, for float32 and bfloat16 activations."""
+    from nx_dagster.activations import moments
+
+    monkeypatch.setattr(moments, "_COMPILED", {})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 2048, generator=g) * 0.7 + 0.1
+    shift = x.mean(dim=1)
+    for data in (x, x.bfloat16()):
+        eager = moments.power_sums(data, shift).double()
+        fused = moments.fused_power_sums(data, shift).double()
+        assert moments._COMPILED["fn"] is not moments.power_sums, "compilation fell back to eager"
+        np.testing.assert_allclose(fused.numpy(), eager.numpy(), rtol=1e-4, atol=1e-3)
+        exact = np.stack([((data.double() - shift.double()[:, None]) ** p).sum(1).numpy() for p in (1, 2, 3, 4)])
+        np.testing.assert_allclose(fused.numpy(), exact, rtol=1e-4, atol=1e-3)

@@ -7,7 +7,38 @@ skewness g1, excess (Fisher) kurtosis g2 = m4/m2² − 3.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
+
+log = logging.getLogger(__name__)
+_COMPILED: dict[str, object] = {}
+
+
+def power_sums(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x [N, M], shift [N] -> [4, N] float32: sums over M of (x − shift)^p for p = 1..4."""
+    y = x.float() - shift[:, None]
+    y2 = y * y
+    return torch.stack([y.sum(1), y2.sum(1), (y2 * y).sum(1), (y2 * y2).sum(1)])
+
+
+def fused_power_sums(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`power_sums` compiled by torch.compile into one kernel that reads x once (eager it is a dozen
+    passes over the layer's activations: on a GPU as long as the layer's forward). Falls back to
+    eager, with a warning, where compilation fails; NX_COMPILE=0 turns it off."""
+    fn = _COMPILED.get("fn")
+    if fn is None:
+        fn = power_sums if os.environ.get("NX_COMPILE", "1") == "0" else torch.compile(power_sums, dynamic=False)
+        _COMPILED["fn"] = fn
+    if fn is power_sums:
+        return power_sums(x, shift)
+    try:
+        return fn(x, shift)
+    except Exception as e:  # e.g. no Triton or no C compiler: the eager ops give the same sums
+        log.warning("torch.compile of the moment sums failed (%s: %s); using eager ops", type(e).__name__, e)
+        _COMPILED["fn"] = power_sums
+        return power_sums(x, shift)
 
 
 class Moments:
@@ -23,18 +54,23 @@ class Moments:
         """post [B, T, N] activations (any memory layout), seq_max [B, N] the per-sequence maxima."""
         nbt = post.permute(2, 0, 1)
         if nbt.is_contiguous():  # neuron-major: each neuron's tokens are one contiguous row
-            self._update_rows(nbt.reshape(nbt.shape[0], -1).float())
+            self._update_rows(nbt.reshape(nbt.shape[0], -1))
         else:
             self._update_columns(post.reshape(-1, post.shape[-1]).float())
         self.n += post.shape[0] * post.shape[1]
         self.max = torch.maximum(self.max, seq_max.amax(dim=0).double())
 
     def _update_rows(self, x: torch.Tensor) -> None:
-        """x [N, tokens]: row sums as matrix-vector products, a few hundred neurons at a time."""
+        """x [N, tokens] (any float dtype): on a GPU one fused reduction; on the CPU row sums as
+        matrix-vector products, a few hundred neurons at a time."""
         if self.shift is None:
-            self.shift = x.mean(dim=1)
+            self.shift = x.mean(dim=1, dtype=torch.float32)
+        if x.device.type != "cpu":
+            self.sums += fused_power_sums(x, self.shift).double()
+            return
+        x = x.float()
         ones = torch.ones((x.shape[1], 1), dtype=x.dtype, device=x.device)
-        chunk = max(1, (1 << 20) // x.shape[1]) if x.device.type == "cpu" else x.shape[0]
+        chunk = max(1, (1 << 20) // x.shape[1])
         for lo in range(0, x.shape[0], chunk):
             y = x[lo:lo + chunk] - self.shift[lo:lo + chunk, None]
             y2 = y * y

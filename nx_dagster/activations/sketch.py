@@ -34,17 +34,24 @@ def _edges() -> torch.Tensor:
 
 
 EDGES = _edges()  # [N_BUCKETS] float64, strictly increasing: the upper edge of each bucket
+_EDGES_ON: dict[torch.device, torch.Tensor] = {}
+
+
+def _edges_on(device: torch.device) -> torch.Tensor:
+    """EDGES on `device`, copied there once (not once per batch: a copy per call would stall a GPU)."""
+    if device not in _EDGES_ON:
+        _EDGES_ON[device] = EDGES.to(device)
+    return _EDGES_ON[device]
 
 
 def bucket_of(values: torch.Tensor) -> torch.Tensor:
     """The bucket of each value: the first i with v <= EDGES[i] (NaN goes to the last bucket)."""
-    edges = EDGES.to(values.device)
-    return torch.searchsorted(edges, values.double().contiguous()).clamp_(max=N_BUCKETS - 1)
+    return torch.searchsorted(_edges_on(values.device), values.double().contiguous()).clamp_(max=N_BUCKETS - 1)
 
 
 def upper_edge(bucket: torch.Tensor) -> torch.Tensor:
     """The largest value of each bucket (float64); the top bucket is open-ended (+inf)."""
-    return EDGES.to(bucket.device)[bucket.clamp(0, N_BUCKETS - 1)]
+    return _edges_on(bucket.device)[bucket.clamp(0, N_BUCKETS - 1)]
 
 
 class MaxSketch:
