@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from nx_dagster.activations import Recorder, RecorderSettings
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
@@ -44,6 +45,36 @@ def load(name: str, device: str, dtype: torch.dtype) -> GPT2:
     return random_model(SHAPES[name], device, dtype)
 
 
+def hf_twin(model: GPT2, ids: torch.Tensor):
+    """transformers' GPT2Model with the same weights (Conv1D keeps [in, out]: transposed back), as an
+    outside baseline for the bare forward pass; checked to compute the same hidden states on `ids`."""
+    from transformers import GPT2Config as HFConfig, GPT2Model
+
+    c = model.config
+    hf = GPT2Model(HFConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=c.n_inner,
+                            n_positions=c.n_positions, vocab_size=c.vocab_size, activation_function="gelu_new",
+                            layer_norm_epsilon=c.layer_norm_epsilon, bos_token_id=0, eos_token_id=0))
+    sd = {"wte.weight": model.wte, "wpe.weight": model.wpe, "ln_f.weight": model.ln_f_w, "ln_f.bias": model.ln_f_b}
+    for i, b in enumerate(model.blocks):
+        p = f"h.{i}."
+        sd.update({p + "ln_1.weight": b.ln_1_w, p + "ln_1.bias": b.ln_1_b, p + "ln_2.weight": b.ln_2_w,
+                   p + "ln_2.bias": b.ln_2_b, p + "attn.c_attn.weight": b.attn_w.T, p + "attn.c_attn.bias": b.attn_b,
+                   p + "attn.c_proj.weight": b.attn_proj_w.T, p + "attn.c_proj.bias": b.attn_proj_b,
+                   p + "mlp.c_fc.weight": b.fc_w.T, p + "mlp.c_fc.bias": b.fc_b,
+                   p + "mlp.c_proj.weight": b.proj_w.T, p + "mlp.c_proj.bias": b.proj_b})
+    missing, unexpected = hf.load_state_dict({k: v.float().cpu() for k, v in sd.items()}, strict=False)
+    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing), missing
+    hf = hf.eval().to(model.device, model.dtype)
+    with torch.inference_mode():
+        theirs = hf(input_ids=ids).last_hidden_state.float()
+        ours = F.layer_norm(model(ids, "post_fix", logits=False), (c.n_embd,), model.ln_f_w, model.ln_f_b,
+                            c.layer_norm_epsilon).float()
+    err = (theirs - ours).abs().max().item()
+    tol = 1e-3 if model.dtype == torch.float32 else 0.1
+    assert err < tol, f"transformers twin differs from the model by {err}"
+    return hf
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -55,11 +86,12 @@ def batches(model: GPT2, n_seq: int, seq_len: int, bs: int, device: str):
     return [(torch.arange(i, min(i + bs, n_seq), device=device), ids[i:i + bs].to(device)) for i in range(0, n_seq, bs)]
 
 
-def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str) -> dict:
+def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=None) -> dict:
     """Bare forward and recording step, interleaved batch by batch (so drift in the machine's speed
-    hits both alike); the recording also pays for `finish`. Medians over `repeats` whole passes."""
+    hits both alike); the recording also pays for creating the recorder and for `finish`. Medians over `repeats` whole passes.
+    With `hf` (transformers' GPT2Model, same weights) its forward pass is timed in the same loop."""
     layers = list(range(model.config.n_layer))
-    bare, rec, fin, ratios = [], [], [], []
+    bare, rec, fin, ratios, hf_s = [], [], [], [], []
 
     def timed(fn) -> float:
         sync(device)
@@ -69,17 +101,29 @@ def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str) -> dic
         return time.perf_counter() - t
 
     for _ in range(repeats):
-        recorder = Recorder(model, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
-        b = r = 0.0
+        b = h = 0.0
+        recorder: Recorder | None = None
+
+        def make() -> None:
+            nonlocal recorder
+            recorder = Recorder(model, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
+
+        r = timed(make)  # the stores' allocation is part of the recording's cost
         for seq_ids, ids in data:
             b += timed(lambda: model(ids, "post_fix", layers=model.config.n_layer, logits=False))
             r += timed(lambda: recorder.step(seq_ids, ids))
+            if hf is not None:
+                with torch.inference_mode():
+                    h += timed(lambda: hf(input_ids=ids))
         f = timed(recorder.finish)
-        bare.append(b), rec.append(r + f), fin.append(f), ratios.append((r + f) / b)
+        bare.append(b), rec.append(r + f), fin.append(f), ratios.append((r + f) / b), hf_s.append(h)
     tokens = sum(ids.numel() for _, ids in data)
     b, r = statistics.median(bare), statistics.median(rec)
-    return {"tokens": tokens, "bare_s": b, "record_s": r, "finish_s": statistics.median(fin),
-            "ratio": statistics.median(ratios), "ratios": ratios, "bare_tok_s": tokens / b, "record_tok_s": tokens / r}
+    out = {"tokens": tokens, "bare_s": b, "record_s": r, "finish_s": statistics.median(fin),
+           "ratio": statistics.median(ratios), "ratios": ratios, "bare_tok_s": tokens / b, "record_tok_s": tokens / r}
+    if hf is not None:
+        out["hf_tok_s"] = tokens / statistics.median(hf_s)
+    return out
 
 
 def recorder_kind(device: str) -> str:
@@ -117,6 +161,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory at two corpus sizes")
+    p.add_argument("--hf-baseline", action="store_true",
+                   help="also time transformers' GPT2Model forward on the same weights (needs transformers)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
@@ -126,12 +172,16 @@ def main() -> None:
     for name in args.models.split(","):
         model = load(name, args.device, dtype)
         data = batches(model, args.sequences, args.seq_len, args.batch_size, args.device)
-        time_pair(model, data[:1], args.seq_len, 1, args.device)  # warm-up
-        r = time_pair(model, data, args.seq_len, args.repeats, args.device)
+        hf = hf_twin(model, data[0][1]) if args.hf_baseline else None
+        time_pair(model, data[:1], args.seq_len, 1, args.device, hf)  # warm-up
+        r = time_pair(model, data, args.seq_len, args.repeats, args.device, hf)
         print(f"{name}: {r['tokens']:,} tokens | bare forward {r['bare_s']:.3f}s ({r['bare_tok_s']:,.0f} tok/s) | "
               f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s, finish {r['finish_s']:.3f}s) | "
               f"ratio {r['ratio']:.3f}x (median of {args.repeats}: {', '.join(f'{x:.3f}' for x in r['ratios'])}) "
               f"| recorder: {recorder_kind(args.device)}")
+        if hf is not None:
+            print(f"{name}: transformers GPT2Model forward (same weights, same loop) {r['hf_tok_s']:,.0f} tok/s: "
+                  f"recording runs at {r['record_tok_s'] / r['hf_tok_s']:.2f}x its speed")
         if args.memory:
             small, large = args.sequences, args.sequences * 4
             m1, m2 = peak_memory(name, small, args), peak_memory(name, large, args)

@@ -90,7 +90,8 @@ if numba is not None:
         k = keys.shape[1]
         chosen = cand[:count]
         if count > k:
-            chosen = np.sort(chosen)[count - k:]
+            chosen.sort()  # in place, in this neuron's scratch buffer
+            chosen = chosen[count - k:]
         for j in range(len(chosen)):
             key = chosen[j]
             if key > floor[row]:
