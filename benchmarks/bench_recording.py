@@ -88,34 +88,32 @@ def batches(model: GPT2, n_seq: int, seq_len: int, bs: int, device: str):
 
 def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=None) -> dict:
     """Bare forward and recording step, interleaved batch by batch (so drift in the machine's speed
-    hits both alike); the recording also pays for creating the recorder and for `finish`. Medians over `repeats` whole passes.
+    hits both alike); the recording also pays for creating the recorder and for `finish`. Medians
+    over `repeats` whole passes.
     With `hf` (transformers' GPT2Model, same weights) its forward pass is timed in the same loop."""
     layers = list(range(model.config.n_layer))
     bare, rec, fin, ratios, hf_s = [], [], [], [], []
 
-    def timed(fn) -> float:
+    def timed(fn):
+        """(seconds, result) of fn()."""
         sync(device)
         t = time.perf_counter()
-        fn()
+        out = fn()
         sync(device)
-        return time.perf_counter() - t
+        return time.perf_counter() - t, out
 
+    settings = RecorderSettings(batch_size=len(data[0][0]))
     for _ in range(repeats):
         b = h = 0.0
-        recorder: Recorder | None = None
-
-        def make() -> None:
-            nonlocal recorder
-            recorder = Recorder(model, "post_fix", layers, seq_len, RecorderSettings(batch_size=len(data[0][0])))
-
-        r = timed(make)  # the stores' allocation is part of the recording's cost
+        # creating the recorder (allocating its stores) is part of the recording's cost
+        r, recorder = timed(lambda: Recorder(model, "post_fix", layers, seq_len, settings))
         for seq_ids, ids in data:
-            b += timed(lambda: model(ids, "post_fix", layers=model.config.n_layer, logits=False))
-            r += timed(lambda: recorder.step(seq_ids, ids))
+            b += timed(lambda: model(ids, "post_fix", layers=model.config.n_layer, logits=False))[0]
+            r += timed(lambda: recorder.step(seq_ids, ids))[0]
             if hf is not None:
                 with torch.inference_mode():
-                    h += timed(lambda: hf(input_ids=ids))
-        f = timed(recorder.finish)
+                    h += timed(lambda: hf(input_ids=ids))[0]
+        f = timed(recorder.finish)[0]
         bare.append(b), rec.append(r + f), fin.append(f), ratios.append((r + f) / b), hf_s.append(h)
     tokens = sum(ids.numel() for _, ids in data)
     b, r = statistics.median(bare), statistics.median(rec)

@@ -20,7 +20,7 @@ from nx_dagster.activations import cpu_kernel
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
-from nx_dagster.activations.store import EMPTY, Activations, TopKStore
+from nx_dagster.activations.store import EMPTY, Activations, TopKStore, take_rows
 from nx_dagster.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -77,16 +77,20 @@ class LayerRecorder:
         self.batches = 0
         self._salt = neuron_salt(s.seed, layer, self.neurons)
         self.boundaries: torch.Tensor | None = None
+        # How each batch is applied, chosen once: the fused CPU kernel; on a GPU fixed-shape torch ops
+        # (no host sync, so batches queue back to back); NX_RECORDER=torch|dense picks the torch ops.
+        cpu = torch.device(device).type == "cpu"
+        self._fused = cpu and cpu_kernel.available()
+        self._dense = not cpu or os.environ.get("NX_RECORDER", "").lower() == "dense"
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
         refresh = self.batches in self._REFRESH or self.batches % 32 == 0
         nbt = post.permute(2, 0, 1)
-        mode = os.environ.get("NX_RECORDER", "").lower()
-        if nbt.device.type == "cpu" and nbt.is_contiguous() and cpu_kernel.available():
+        if self._fused and nbt.is_contiguous():
             cpu_kernel.update(self, seq_ids, nbt.float(), refresh)  # the same result, one fused pass
-        else:  # on a GPU every step is a fixed-shape op: no host sync, so batches queue back to back
-            self._update_torch(seq_ids, post, refresh, dense=nbt.device.type != "cpu" or mode == "dense")
+        else:
+            self._update_torch(seq_ids, post, refresh, self._dense)
         self.batches += 1
 
     def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool, dense: bool) -> None:
@@ -141,10 +145,8 @@ class LayerRecorder:
             picked_slots.append(order)
             picked_bins.append(torch.where(kb != EMPTY, b, -1))
         slot = torch.cat(picked_slots, 1)  # [N, M] index into this neuron's 5·2k candidates
-        store_row = (slot // slots) * n + torch.arange(n, device=slot.device)[:, None]
-        flat = (store_row * slots + slot % slots).reshape(-1)
-        seq_len = self.bins.acts.shape[-1]
-        picked_acts = self.bins.acts.reshape(-1, seq_len).index_select(0, flat).view(n, -1, seq_len)
+        store_row = (slot // slots) * n + torch.arange(n, device=slot.device)[:, None]  # bin b is rows b·N..
+        picked_acts = take_rows(self.bins.acts, slot % slots, rows=store_row)
         stats = self.moments.result()
         stats["boundaries"] = boundaries
 

@@ -86,8 +86,11 @@ class TopKStore:
         return self.keys.gather(1, order), take_rows(self.acts, order)
 
 
-def take_rows(acts: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-    """acts [R, k, T], slots [R, m] -> [R, m, T]: acts[r, slots[r, j]], as one row copy each."""
+def take_rows(acts: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """acts [R, k, T], slots [N, m] -> [N, m, T]: acts[rows[i, j], slots[i, j]] (rows default: i, with
+    N = R), as one contiguous row copy each."""
     r, k, t = acts.shape
-    flat = (torch.arange(r, device=slots.device)[:, None] * k + slots).reshape(-1)
-    return acts.reshape(r * k, t).index_select(0, flat).view(r, slots.shape[1], t)
+    if rows is None:
+        rows = torch.arange(len(slots), device=slots.device)[:, None]
+    flat = (rows * k + slots).reshape(-1)
+    return acts.reshape(r * k, t).index_select(0, flat).view(*slots.shape, t)

@@ -24,7 +24,7 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json")
 BUNDLED = "bundled"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "model"
 BUNDLED_NAME = "nx-tiny-gpt2"
-MEMO_MIN_BYTES = 1 << 24  # files at least this big have their hash remembered (see _sha256)
+MEMO_MIN_BYTES = 1 << 24  # files at least this big have their hash remembered (_file_hashes)
 
 
 @dataclass
@@ -57,33 +57,41 @@ class Checkpoint:
 
 
 def _sha256(path: Path) -> str:
-    """The file's SHA-256, remembered in NX_CACHE by (path, size, mtime, inode): each layer partition
-    of a GPT-2 XL run opens the checkpoint, and hashing 6 GB each time would cost seconds apiece."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    memo = _cache_root() / "sha256.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    digest = h.hexdigest()
-    if st.st_size >= MEMO_MIN_BYTES:  # only big files are worth remembering
+    return h.hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of each checkpoint file, remembered in NX_CACHE/sha256.json by (path, size, mtime,
+    inode) for big files: each layer partition of a GPT-2 XL run opens the checkpoint, and hashing
+    6 GB each time would cost seconds apiece. The memo is read once and written at most once."""
+    memo = _cache_root() / "sha256.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):  # missing or damaged: only a cache miss
+        known = {}
+    hashes, learned = {}, {}
+    for name in FILES:
+        path = (folder / name).resolve()
+        st = path.stat()
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        hashes[name] = known.get(key) or _sha256(path)
+        if key not in known and st.st_size >= MEMO_MIN_BYTES:
+            learned[str(path)] = (key, hashes[name])
+    if learned:
         try:
-            known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
-            known[key] = digest
+            kept = {k: v for k, v in known.items() if k.split("|", 1)[0] not in learned}
+            kept.update(dict(learned.values()))
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known))
+            tmp.write_text(json.dumps(kept))
             os.replace(tmp, memo)  # atomic: a concurrent reader sees the old or the new file
         except OSError as e:  # a read-only cache only costs the hashing time next run
-            log.info("could not remember the hash of %s in %s: %s", path, memo, e)
-    return digest
+            log.info("could not remember checkpoint hashes in %s: %s", memo, e)
+    return hashes
 
 
 def resolve(source: str | None) -> tuple[str, Path]:
@@ -187,7 +195,7 @@ def open_checkpoint(source: str | None = None) -> Checkpoint:
         if not (folder / f).exists():
             raise NxInputError(f"model {label}", f"has no {f} in {folder}", "a checkpoint needs " + ", ".join(FILES))
     config = read_config(folder, label)
-    hashes = {f: _sha256(folder / f) for f in FILES}
+    hashes = _file_hashes(folder)
     ckpt = Checkpoint(name, source or BUNDLED, folder, config, hashes["model.safetensors"], hashes)
     check_weights(folder / "model.safetensors", config)
     vocab = ckpt.load_tokenizer().get_vocab_size(with_added_tokens=True)
