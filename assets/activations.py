@@ -29,21 +29,27 @@ OPENAI_GPT2_SMALL = {"median": 0.0090, "p90": 0.0252, "p99": 0.0839, "p999": 0.1
 def model_asset(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """The subject checkpoint: one row of `models`. Its data version is the checkpoint's hash, so new
     weights mark everything downstream stale. Registers one `layers` partition per layer."""
+    nx.validate()  # the whole corpus too: nothing is written before every input checks out
     s = nx.subject
     meta = stage.write_model(nx.catalog, s)
     register_layers(context.instance, s.ckpt.config.n_layer)
     return dg.MaterializeResult(
-        metadata={**meta, "source": s.ckpt.source, "folder": str(s.ckpt.folder)},
+        metadata={**meta, **nx.provenance(), "source": s.ckpt.source, "folder": str(s.ckpt.folder)},
         data_version=dg.DataVersion(s.ckpt.data_version),
     )
 
 
-@dg.asset(deps=["model"], group_name="corpus", kinds={"duckdb"}, code_version="sequences-v1")
+SEQUENCES_VERSION = "sequences-v1"
+
+
+@dg.asset(deps=["model"], group_name="corpus", kinds={"duckdb"}, code_version=SEQUENCES_VERSION)
 def sequences(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
-    """The corpus cut into fixed-length token sequences with stable ids (table `sequences`)."""
+    """The corpus cut into fixed-length token sequences with stable ids (table `sequences`). Its data
+    version is the corpus identity (content + cutting settings) with the tokenizer's checkpoint."""
     meta = stage.write_sequences(nx.catalog, nx.subject)
     context.log.info(f"{meta['sequences']:,} sequences of {meta['seq_len']} tokens from corpus {meta['corpus']!r}")
-    return dg.MaterializeResult(metadata={**meta, "dagster/row_count": meta["sequences"]})
+    return dg.MaterializeResult(metadata={**meta, **nx.provenance(), "dagster/row_count": meta["sequences"]},
+                                data_version=nx.data_version(SEQUENCES_VERSION))
 
 
 class ActivationsConfig(dg.Config):
@@ -82,13 +88,18 @@ def _check_results(key, records, stats, expect_top: int, expect_random: int) -> 
     ]
 
 
+# The recording code's version; the settings a run used (top_k, random_k, quantile_k, seed, dtype, device)
+# enter each materialization's data version, whichever way they were set.
+ACTIVATIONS_VERSION = "activations-v1-recorder-v2"
+
+
 def activations_asset(variant: str) -> dg.AssetsDefinition:
     key = dg.AssetKey([variant, "activations"])
     v = VARIANTS[variant]
 
     @dg.asset(
         key=key, deps=["model", "sequences"], partitions_def=layers, group_name=variant, kinds={"pytorch", "duckdb"},
-        code_version=f"activations-v1-{NxResource().recorder.version}", pool="compute",
+        code_version=ACTIVATIONS_VERSION, pool="compute",
         backfill_policy=dg.BackfillPolicy.single_run(), check_specs=_checks(key),
         description=f"Activation records and neuron stats with GELU `{variant}` = {v.formula} ({v.meaning}). "
                     "One partition = one layer (tables activation_records, neuron_stats).",
@@ -101,6 +112,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
         if len(runs) > 1:
             raise dg.Failure(f"neurons {config.neurons!r} must be one contiguous range, like 0-511")
         out = stage.write_activations(nx.catalog, s, variant, layer_list, nx.recorder, runs[0], report=context.log.info)
+        settings = {**nx.activations_settings(), "neurons": f"{runs[0].start}-{runs[0].stop - 1}" if runs[0] else "all"}
         records, stats = out["records"], out["stats"]
         n_seq = out["tokens"] // s.corpus.seq_len
         top_rows = sorted(stats.select(["layer", "neuron", "max_activation", "mean", "variance", "kurtosis"]).to_pylist(),
@@ -112,7 +124,9 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
         for r in top_rows:
             r["top_mean_tokens"] = " ".join(tokens.get((r["layer"], r["neuron"]), []))
         return dg.MaterializeResult(
+            data_version=nx.data_version(ACTIVATIONS_VERSION, variant=variant, **settings),
             metadata={
+                **nx.provenance(), "settings": settings, "batch_size": nx.batch_size, "device": s.device,
                 "gelu_variant": variant, "formula": v.formula, "layers": layer_list,
                 "dagster/row_count": records.num_rows, "neuron_stats_rows": stats.num_rows,
                 "token_summary_rows": out["summary"].num_rows,
@@ -130,8 +144,11 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
     return _asset
 
 
-@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"}, code_version="fix-impact-v2",
-          pool="compute")
+FIX_IMPACT_VERSION = "fix-impact-v2"
+
+
+@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"},
+          code_version=FIX_IMPACT_VERSION, pool="compute")
 def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens:
     median, p90, p99, p99.9, max per layer and overall (layer NULL)."""
@@ -141,7 +158,8 @@ def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.Mat
              for r in rows]
     shown.append({"layer": "OpenAI GPT-2 small (published)", **OPENAI_GPT2_SMALL, "max": None, "n": None})
     overall = rows[-1]
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=nx.data_version(FIX_IMPACT_VERSION, **nx.compute_version()), metadata={
+        **nx.provenance(), "settings": nx.compute_version(),
         "fix_impact": dg.MetadataValue.md(markdown_table(shown)),
         **{f"overall_{k}": float(overall[k]) for k in (*QUANTILES, "max")},
         "activations_compared": int(overall["n"]), "catalog_snapshot": out["snapshot"],

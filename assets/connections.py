@@ -12,6 +12,7 @@ from assets.metadata import markdown_table
 from assets.partitions import layers
 from assets.resources import NxResource
 from nx_dagster.connections import write_connections
+from nx_dagster.hashing import short_digest
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
@@ -20,9 +21,12 @@ class ConnectionsConfig(dg.Config):
     k: int = 20  # top-k per neuron, direction and sign
 
 
+CONNECTIONS_VERSION = "connections-v1"
+
+
 @dg.asset(
     key="connections", deps=["model"], partitions_def=layers, group_name="connections", kinds={"pytorch", "duckdb"},
-    code_version="connections-v1", pool="compute", backfill_policy=dg.BackfillPolicy.single_run(),
+    code_version=CONNECTIONS_VERSION, pool="compute", backfill_policy=dg.BackfillPolicy.single_run(),
     description="Tables neuron_connections (upstream/downstream neurons via W_out·diag(ln_2.g)·W_in) and "
                 "token_connections (input via wte·diag(ln_2.g)·W_in, output via W_out·diag(ln_f.g)·wte). "
                 "One partition = one layer's neurons.",
@@ -35,8 +39,10 @@ def connections(context: dg.AssetExecutionContext, nx: NxResource, config: Conne
                  for layer, info in out["layers"].items()]
     context.log.info(f"connections of layers {layer_list}: {out['neuron_connections']:,} neuron rows, "
                      f"{out['token_connections']:,} token rows")
-    return dg.MaterializeResult(metadata={
-        "layers": layer_list, "k": config.k,
+    version = short_digest({"code": CONNECTIONS_VERSION, "model_data_version": s.ckpt.data_version, "k": config.k,
+                            "device": s.device.split(":")[0], "dtype": nx.dtype}, 16)
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
+        "data_root": str(nx.catalog.home), "model": s.name, "layers": layer_list, "k": config.k,
         "dagster/row_count": out["neuron_connections"] + out["token_connections"],
         "neuron_connection_rows": out["neuron_connections"], "token_connection_rows": out["token_connections"],
         "per_layer": dg.MetadataValue.md(markdown_table(per_layer)), "catalog_snapshot": out["snapshot"],

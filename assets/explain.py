@@ -14,10 +14,12 @@ import warnings
 import dagster as dg
 import numpy as np
 
+from assets.console import input_errors_fail_fast
 from assets.llm import LLMResource
 from assets.metadata import histogram, markdown_table
 from assets.partitions import layers
 from assets.resources import NxResource
+from nx_dagster.hashing import short_digest
 from nx_dagster.explain import EXPLAIN_PROMPT_VERSION, SIMULATOR_VERSIONS, TOKEN_LOOKUP_VERSION
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
@@ -64,13 +66,19 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, explainer != "token_lookup")
-        out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer, client)
+        with input_errors_fail_fast():
+            out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer,
+                                           client)
         t = out["table"]
         failed = t["explanation"].null_count
         sample = [{k: r[k] for k in ("layer", "neuron", "explanation", "failure_reason")}
                   for r in t.slice(0, 10).to_pylist()]
+        settings = {"explainer": explainer, "explainer_model": client.settings.explainer_model if client else None}
         return dg.MaterializeResult(
-            metadata={"explainer": explainer, "layers": layer_list, "dagster/row_count": t.num_rows,
+            # the explanation ids hash model, variant, neuron, explainer, its model, prompt version and text
+            data_version=dg.DataVersion(short_digest(sorted(t["explanation_id"].to_pylist()), 16)),
+            metadata={**nx.provenance(), "settings": settings,
+                      "explainer": explainer, "layers": layer_list, "dagster/row_count": t.num_rows,
                       "failures": failed, "seconds": round(out["seconds"], 2),
                       "sample": dg.MetadataValue.md(markdown_table(sample)), **_llm_metadata(out["llm"])},
             check_results=[dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
@@ -105,8 +113,9 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, simulator != "token_lookup")
-        out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant, layer_list,
-                                 shard, explainer, simulator, client)
+        with input_errors_fail_fast():
+            out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
+                                     layer_list, shard, explainer, simulator, client)
         scores = out["scores"]
         ev = scores["ev_correlation"].to_numpy(zero_copy_only=False).astype(float)
         corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
@@ -114,7 +123,8 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         rsq = scores["rsquared"].to_numpy(zero_copy_only=False).astype(float)
         bad = int(np.sum(np.abs(corr[np.isfinite(corr)]) > 1 + 1e-9) + np.sum(rsq[np.isfinite(rsq)] > 1 + 1e-9))
         summary = stage.score_summary(scores)
-        meta = {"explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
+        meta = {**nx.provenance(), "simulator_model": client.settings.simulator_model if client else None,
+                "explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
                 "scored_on": scored_variant, "layers": layer_list, "dagster/row_count": scores.num_rows,
                 "simulations": out["simulations"], "seconds": round(out["seconds"], 2), **summary,
                 "ev_correlation_distribution": dg.MetadataValue.md(histogram(ev, label="ev_correlation")),
@@ -122,7 +132,10 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         if not same:
             meta["pre_vs_post"] = dg.MetadataValue.md(markdown_table(stage.lineage_comparison(
                 nx.catalog, s.name, explanation_variant, scored_variant, layer_list, explainer, simulator)))
-        return dg.MaterializeResult(metadata=meta, check_results=[
+        content = scores.select(["explanation_id", "gelu_variant", "simulator", "simulator_model", "ev_correlation",
+                                 "rsquared", "absolute_dev_explained", "failure_reason"]).to_pylist()
+        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(short_digest(
+            sorted(content, key=lambda r: (r["explanation_id"], r["simulator"])), 16)), check_results=[
             dg.AssetCheckResult(check_name="score_ranges", asset_key=key, passed=bad == 0, metadata={"out_of_range": bad}),
             dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
                                 passed=summary["failures"] <= 0.2 * max(scores.num_rows, 1),

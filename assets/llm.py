@@ -6,14 +6,15 @@ is not, so the pipeline runs end to end with no key. The key itself comes from t
 """
 
 import os
+from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from nx_dagster.errors import NxInputError
-from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, LLMClient, LLMSettings
+from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, Ledger, LLMClient, LLMSettings
 from nx_dagster.storage import Catalog
-from nx_dagster.stages.explain import ledger_for
 
 OFFLINE = "token_lookup"
 LLM_SIMULATOR = "json_logprobs"
@@ -22,10 +23,11 @@ LLM_SIMULATOR = "json_logprobs"
 class LLMResource(dg.ConfigurableResource):
     explainer: str = "auto"  # auto | token_lookup | token_activation_pairs
     simulator: str = "auto"  # auto | token_lookup | json_logprobs | echo_logprobs | logprob_free
-    api_key: str = ""
-    base_url: str = ""
-    explainer_model: str = ""
-    simulator_model: str = ""
+    api_key: Optional[str] = None  # OPENAI_API_KEY (set through dg.EnvVar, never as plain config)
+    base_url: Optional[str] = None  # OPENAI_BASE_URL, else OpenAI's
+    explainer_model: Optional[str] = None  # NX_EXPLAINER_MODEL, else gpt-4o-mini
+    simulator_model: Optional[str] = None  # NX_SIMULATOR_MODEL, else gpt-4o-mini
+    ledger: Optional[str] = None  # NX_LLM_LEDGER, else NX_HOME/llm_ledger.sqlite
     concurrency: int = 8
     timeout_s: float = 60.0
 
@@ -57,5 +59,6 @@ class LLMResource(dg.ConfigurableResource):
                 api_key=self.api_key or None, base_url=self.base_url or None,
                 explainer_model=self.explainer_model or None, simulator_model=self.simulator_model or None,
                 concurrency=self.concurrency, timeout_s=self.timeout_s)
-            self._client = LLMClient(settings, ledger_for(catalog))
+            path = self.ledger or os.environ.get("NX_LLM_LEDGER") or Path(catalog.home) / "llm_ledger.sqlite"
+            self._client = LLMClient(settings, Ledger(Path(path).expanduser()))
         return self._client

@@ -1,13 +1,15 @@
 """The one resource every asset uses: where data lives, which model and corpus, how to compute.
 
-Empty fields mean "from the environment" (NX_HOME, NX_MODEL, NX_CORPUS) or the embedded default, so
-the Dagster config shown in the UI stays short and secrets never enter it. The checkpoint is opened
-and validated in `setup_for_execution`, never at import.
+Fields left unset (None) come from the environment (NX_HOME, NX_MODEL, NX_CORPUS) or the embedded default,
+so the Dagster config shown in the UI stays short and secrets never enter it. The same fields are `nxd run`
+flags; whichever way a field is set, it reaches the run and every output's version (`versions`). The
+checkpoint is opened and validated on first use, never at import.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import dagster as dg
 import torch
@@ -15,6 +17,8 @@ from pydantic import PrivateAttr
 
 from nx_dagster.activations import RecorderSettings
 from nx_dagster.corpus import CorpusSpec
+from nx_dagster.errors import NxInputError
+from nx_dagster.hashing import short_digest
 from nx_dagster.model.checkpoint import open_checkpoint
 from nx_dagster.stages.activations import Subject
 from nx_dagster.storage import Catalog
@@ -23,12 +27,33 @@ from nx_dagster.storage.catalog import home_from_env
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_device(device: str) -> str:
+    """`auto` → cuda when available, else cpu; a named device must exist (NxInputError otherwise)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NxInputError(f"device {device!r}", "is not a device name", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NxInputError(f"device {device!r}", "is not available: this torch sees no CUDA GPU "
+                               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})",
+                               "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise NxInputError(f"device {device!r}", f"does not exist ({torch.cuda.device_count()} GPU(s))",
+                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type not in ("cpu", "mps"):
+        raise NxInputError(f"device {device!r}", "is not supported", "use auto, cpu or cuda[:N]")
+    return str(dev)
+
+
 class NxResource(dg.ConfigurableResource):
-    home: str = ""
-    model: str = ""
-    corpus: str = ""
+    home: Optional[str] = None  # NX_HOME, else ./nx_data
+    model: Optional[str] = None  # NX_MODEL, else the bundled model
+    corpus: Optional[str] = None  # NX_CORPUS, else the bundled corpus
     seq_len: int = 64
-    max_sequences: int = 0  # 0 = the whole corpus
+    max_sequences: Optional[int] = None  # None = the whole corpus
     device: str = "auto"  # auto = cuda when available
     dtype: str = "float32"
     batch_size: int = 64
@@ -41,8 +66,11 @@ class NxResource(dg.ConfigurableResource):
     _subject: Subject | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._catalog = Catalog(self.home or home_from_env())
-        self._catalog.check_writable()
+        """Refuse to write this data root into an instance that holds another root's history."""
+        from assets.instance import claim_data_root
+
+        if context.instance is not None:
+            claim_data_root(context.instance, self.catalog)
 
     @property
     def catalog(self) -> Catalog:
@@ -50,17 +78,24 @@ class NxResource(dg.ConfigurableResource):
             self._catalog = Catalog(self.home or home_from_env())
         return self._catalog
 
+    def _check_settings(self) -> None:
+        if self.dtype not in DTYPES:
+            raise NxInputError(f"dtype {self.dtype!r}", "is not supported", f"use one of {', '.join(DTYPES)}")
+        for name in ("top_k", "random_k", "quantile_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise NxInputError(f"{name} {getattr(self, name)}", "must be at least 1", f"set {name} to 1 or more")
+        if self.seq_len < 2:
+            raise NxInputError(f"sequence length {self.seq_len}", "is too short", "use at least 2 tokens (64 is standard)")
+        if self.max_sequences is not None and self.max_sequences < 1:
+            raise NxInputError(f"max_sequences {self.max_sequences}", "must be at least 1",
+                               "leave it unset for the whole corpus")
+
     @property
     def subject(self) -> Subject:
         if self._subject is None:
-            if self.dtype not in DTYPES:
-                from nx_dagster.errors import NxInputError
-
-                raise NxInputError(f"dtype {self.dtype!r}", "is not supported", f"use one of {', '.join(DTYPES)}")
-            device = self.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            spec = CorpusSpec(self.corpus or os.environ.get("NX_CORPUS") or None, self.seq_len, self.max_sequences or None)
+            self._check_settings()
+            device = resolve_device(self.device)
+            spec = CorpusSpec(self.corpus or os.environ.get("NX_CORPUS") or None, self.seq_len, self.max_sequences)
             self._subject = Subject(open_checkpoint(self.model or os.environ.get("NX_MODEL") or None), spec,
                                     device, DTYPES[self.dtype])
         return self._subject
@@ -68,3 +103,40 @@ class NxResource(dg.ConfigurableResource):
     @property
     def recorder(self) -> RecorderSettings:
         return RecorderSettings(self.top_k, self.random_k, self.quantile_k, self.seed, self.batch_size)
+
+    def validate(self) -> None:
+        """Everything that can be checked before a table changes: settings, device, data root, checkpoint,
+        and the whole corpus (every document parsed, at least one full sequence). Raises NxInputError."""
+        from nx_dagster.corpus.validate import validate_corpus
+
+        self.catalog.check_writable()
+        s = self.subject
+        if s.corpus.seq_len > s.ckpt.config.n_positions:
+            raise NxInputError(f"sequence length {s.corpus.seq_len}", f"exceeds the context of {s.name} "
+                               f"({s.ckpt.config.n_positions} tokens)", "lower the sequence length (--seq-len)")
+        validate_corpus(s.corpus, s.ckpt.load_tokenizer())
+        s.corpus.name  # noqa: B018  (hash the corpus now: its identity keys every row)
+
+    # -- versions: what each output depends on, whichever way it was set ------------------------------
+    def inputs_version(self) -> dict:
+        s = self.subject
+        return {"model": s.name, "model_data_version": s.ckpt.data_version, "corpus": s.corpus.name}
+
+    def compute_version(self) -> dict:
+        """Settings that change the numbers of a forward pass: dtype and the kind of device."""
+        return {"dtype": self.dtype, "device": torch.device(self.subject.device).type}
+
+    def activations_settings(self) -> dict:
+        r = self.recorder
+        return {"top_k": r.top_k, "random_k": r.random_k, "quantile_k": r.quantile_k, "seed": r.seed,
+                "recorder": r.version, **self.compute_version()}
+
+    def data_version(self, code_version: str, **extra) -> dg.DataVersion:
+        """A data version from the code version, the inputs' identities and `extra` settings."""
+        return dg.DataVersion(short_digest({"code": code_version, **self.inputs_version(), **extra}, 16))
+
+    def provenance(self) -> dict:
+        """Metadata that names what a materialization describes: the data root, model and corpus."""
+        s = self.subject
+        return {"data_root": str(self.catalog.home), "model": s.name, "corpus": s.corpus.name,
+                "corpus_source": s.corpus.source or "bundled"}

@@ -12,53 +12,32 @@ from pathlib import Path
 STAGES = ("activations", "connections", "explanations", "scores")
 
 
-def _instance():
-    """The project's Dagster instance: $DAGSTER_HOME if set, else ./dagster.yaml (as `dagster dev`
-    from the repository root uses it), else an instance under NX_HOME/.dagster.
-
-    Opening an instance for the first time creates its SQLite storage; two `nxd run`s started at
-    once would race on that, so opening is serialized by a file lock in the instance folder."""
-    import fcntl
-
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
-    cwd = Path.cwd()
-    if os.environ.get("DAGSTER_HOME"):
-        home, opener = Path(os.environ["DAGSTER_HOME"]), dg.DagsterInstance.get
-    elif (cwd / "dagster.yaml").exists():
-        home = cwd / ".dagster_home"
-        opener = lambda: dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), config_dir=str(cwd)))  # noqa: E731
-    else:
-        from nx_dagster.storage.catalog import home_from_env
-
-        home = Path(home_from_env()).expanduser().resolve() / ".dagster"
-        opener = lambda: dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))  # noqa: E731
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".nxd-open.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            instance = opener()
-            instance.get_runs(limit=1)  # create the run and schedule storage while the lock is held
-            instance.all_instigator_state()
-            return instance
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _resource(args):
     from assets.resources import NxResource
 
-    return NxResource(home=args.home or "", model=args.model or "", corpus=args.corpus or "",
-                      max_sequences=args.max_sequences or 0, device=args.device, dtype=args.dtype,
-                      batch_size=args.batch_size, seq_len=args.seq_len)
+    return NxResource(home=args.home, model=args.model, corpus=args.corpus, max_sequences=args.max_sequences,
+                      device=args.device, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
+                      top_k=args.top_k, random_k=args.random_k, quantile_k=args.quantile_k, seed=args.seed)
+
+
+def _llm_resource(args, base):
+    """A new LLMResource from the code location's one and the flags (a copy with `model_copy` would keep
+    the old Dagster config, and the run would get the defaults)."""
+    from assets.llm import LLMResource
+
+    fields = {k: getattr(base, k) for k in LLMResource.model_fields}
+    fields.update({k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
+                                     ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model),
+                                     ("ledger", args.ledger)) if v})
+    return LLMResource(**fields)
 
 
 def cmd_run(args) -> int:
     import dagster as dg
 
     from assets.definitions import defs
-    from nx_dagster.corpus.sequences import iter_sequence_batches, token_strings
+    from assets.console import console_logger
+    from assets.instance import open_instance
     from nx_dagster.model.gelu import parse_variants
     from nx_dagster.ranges import contiguous_runs, parse_ranges
 
@@ -69,23 +48,19 @@ def cmd_run(args) -> int:
     variants = parse_variants(args.variants)
     nx = _resource(args)
     # Validate every input before anything runs, so bad input changes no table.
-    nx.catalog.check_writable()
-    subject = nx.subject
-    cfg = subject.ckpt.config
+    print("nxd: checking the checkpoint and the corpus", file=sys.stderr, flush=True)
+    nx.validate()
+    cfg = nx.subject.ckpt.config
     layer_list = parse_ranges(args.layers, "layers", cfg.n_layer) or list(range(cfg.n_layer))
     neurons = parse_ranges(args.neurons, "neurons", cfg.n_neurons)
     if neurons and len(contiguous_runs(neurons)) > 1:
         raise _input_error(f"neurons {args.neurons!r}", "is not one contiguous range", "use a range like 0-511")
-    tok = subject.ckpt.load_tokenizer()
-    next(iter_sequence_batches(subject.corpus, tok, subject.name, token_strings(tok), batch_rows=1))
 
     definitions = defs()
     all_assets = list(definitions.assets)
-    instance = _instance()
-    llm = definitions.resources["llm"].model_copy(update={
-        k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
-                          ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model)) if v})
+    llm = _llm_resource(args, definitions.resources["llm"])
     llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
+    instance = open_instance(nx.catalog)
     resources = {"nx": nx, "llm": llm}
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -93,9 +68,14 @@ def cmd_run(args) -> int:
         label = ", ".join(selection) + (f" (layers {kw['tags']['dagster/asset_partition_range_start']}-"
                                         f"{kw['tags']['dagster/asset_partition_range_end']})" if "tags" in kw else "")
         print(f"nxd: materializing {label}", file=sys.stderr, flush=True)
-        result = dg.materialize(all_assets, selection=selection, instance=instance, resources=resources,
-                                run_config=kw.pop("run_config", run_config), raise_on_error=False, **kw)
+        job = dg.Definitions(jobs=[dg.define_asset_job("nxd_run", selection=selection)], assets=all_assets,
+                             resources=resources, loggers={"console": console_logger}).resolve_job_def("nxd_run")
+        result = job.execute_in_process(run_config=kw.pop("run_config", run_config), instance=instance,
+                                        raise_on_error=False, **kw)
         if not result.success:
+            error = input_error_of(result)
+            if error is not None:  # a failure the user can fix: the usual one line
+                raise error
             raise SystemExit(f"nxd: run {result.run_id} failed ({label}); see the Dagster UI or the log above")
         print(f"nxd: done {label} (run {result.run_id})", file=sys.stderr, flush=True)
 
@@ -130,6 +110,26 @@ def cmd_run(args) -> int:
         cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
         per_layers([f"{v}/scores" for v in variants] + cross)
     return 0
+
+
+def input_error_of(result):
+    """The NxInputError (or a Failure whose description is one) that failed a run, rebuilt from its event
+    log, or None: the step's stack trace stays in the Dagster UI."""
+    from nx_dagster.errors import NxInputError
+
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        err = event.step_failure_data.error
+        while err is not None:
+            text = err.message.strip()
+            if (err.cls_name in NxInputError.kinds() or err.cls_name == "Failure") and ". Fix: " in text:
+                text = text.split(f"{err.cls_name}: ", 1)[-1]
+                head, _, fix = text.partition(". Fix: ")
+                what, _, problem = head.partition(": ")
+                return NxInputError(what, problem, fix)
+            err = err.cause or err.context
+    return None
 
 
 def _input_error(what, problem, fix):
@@ -170,6 +170,23 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """`dagster dev` on this project's code location with the data root's own instance (its history)."""
+    import subprocess
+
+    from assets.instance import open_instance
+    from nx_dagster.storage import Catalog
+
+    catalog = Catalog(args.home or None)
+    catalog.check_writable()
+    open_instance(catalog).dispose()  # creates the root's instance (and checks DAGSTER_HOME's claim)
+    env = {**os.environ, "NX_HOME": str(catalog.home)}
+    env.setdefault("DAGSTER_HOME", str(Path(catalog.home) / ".dagster"))
+    print(f"nxd: the UI of data root {catalog.home} (history in {env['DAGSTER_HOME']})", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "assets.definitions", "-p", str(args.port)]
+    return subprocess.call(cmd, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -181,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model", help="NX_MODEL: 'bundled', a folder, an fsspec URL or a Hub id")
     r.add_argument("--corpus", help="NX_CORPUS: 'bundled', text/JSONL/Parquet files, a glob or a URL")
     r.add_argument("--home", help="NX_HOME: the data root (default ./nx_data)")
-    r.add_argument("--max-sequences", type=int, default=0, help="use only the first N sequences")
+    r.add_argument("--max-sequences", type=int, default=None, help="use only the first N sequences")
+    r.add_argument("--top-k", type=int, default=20, help="top records per neuron (default 20)")
+    r.add_argument("--random-k", type=int, default=20, help="random records per neuron (default 20)")
+    r.add_argument("--quantile-k", type=int, default=5, help="records per quantile bin (default 5)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
+    r.add_argument("--ledger", help="NX_LLM_LEDGER: the LLM call ledger file (default NX_HOME/llm_ledger.sqlite)")
     r.add_argument("--seq-len", type=int, default=64)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -198,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--home", help="NX_HOME (default ./nx_data)")
     q.add_argument("--max-rows", type=int, default=40)
     q.set_defaults(fn=cmd_sql)
+    u = sub.add_parser("ui", help="open the Dagster UI on a data root's own run history")
+    u.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    u.add_argument("--port", type=int, default=3000)
+    u.set_defaults(fn=cmd_ui)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nx_dagster.errors import NxInputError

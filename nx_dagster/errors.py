@@ -7,3 +7,13 @@ class NxInputError(ValueError):
     def __init__(self, what: str, problem: str, fix: str):
         self.what, self.problem, self.fix = what, problem, fix
         super().__init__(f"{what}: {problem}. Fix: {fix}")
+
+    @classmethod
+    def kinds(cls) -> set[str]:
+        """The class names of this error and its subclasses (to find one in a Dagster event log)."""
+        out, todo = set(), [cls]
+        while todo:
+            c = todo.pop()
+            out.add(c.__name__)
+            todo.extend(c.__subclasses__())
+        return out

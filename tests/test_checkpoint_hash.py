@@ -4,14 +4,14 @@ import hashlib
 import json
 import os
 
-from nx_dagster.model import checkpoint
+from nx_dagster import hashing
 from nx_dagster.model.checkpoint import open_checkpoint
 from tests.checkpoints import build_checkpoint
 
 
 def test_hash_is_remembered_and_follows_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("NX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(checkpoint, "MEMO_MIN_BYTES", 0)
+    monkeypatch.setattr(hashing, "MEMO_MIN_BYTES", 0)
     folder = build_checkpoint(tmp_path / "m", n_layer=1, n_embd=16, n_head=2)
     weights = folder / "model.safetensors"
     first = open_checkpoint(str(folder))

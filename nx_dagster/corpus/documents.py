@@ -28,7 +28,8 @@ def corpus_name(source: str | None) -> str:
     return name
 
 
-def _files(source: str) -> list[str]:
+def corpus_files(source: str) -> list[str]:
+    """The corpus's files in a fixed order (sorted paths); fsspec URLs keep their protocol."""
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(source)
@@ -50,7 +51,7 @@ def iter_documents(source: str | None) -> Iterator[tuple[str, str]]:
         return
     import fsspec
 
-    for path in _files(source):
+    for path in corpus_files(source):
         label = path.rsplit("/", 1)[-1]
         with fsspec.open(path, "rb") as fh:
             if path.endswith(".parquet"):

@@ -8,11 +8,13 @@ and tokenizer always give the same ids. Each sequence is its own context (positi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import pyarrow as pa
 
-from nx_dagster.corpus.documents import corpus_name, iter_documents
+from nx_dagster.corpus.documents import iter_documents
+from nx_dagster.corpus.identity import corpus_identity
 from nx_dagster.errors import NxInputError
 
 SEQ_LEN = 64
@@ -24,9 +26,11 @@ class CorpusSpec:
     seq_len: int = SEQ_LEN
     max_sequences: int | None = None
 
-    @property
+    @cached_property
     def name(self) -> str:
-        return corpus_name(self.source)
+        """The corpus key of every derived row: readable name + hash of content and cutting settings
+        (`nx_dagster.corpus.identity`). Computed once per spec; reads the corpus files."""
+        return corpus_identity(self.source, self.seq_len, self.max_sequences)
 
 
 def token_strings(tokenizer) -> list[str]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nx_dagster.errors import NxInputError
+from nx_dagster.hashing import cache_root, sha256_files
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,6 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json")
 BUNDLED = "bundled"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled" / "model"
 BUNDLED_NAME = "nx-tiny-gpt2"
-MEMO_MIN_BYTES = 1 << 24  # files at least this big have their hash remembered (_file_hashes)
 
 
 @dataclass
@@ -56,42 +55,9 @@ class Checkpoint:
             ) from e
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of each checkpoint file, remembered in NX_CACHE/sha256.json by (path, size, mtime,
-    inode) for big files: each layer partition of a GPT-2 XL run opens the checkpoint, and hashing
-    6 GB each time would cost seconds apiece. The memo is read once and written at most once."""
-    memo = _cache_root() / "sha256.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):  # missing or damaged: only a cache miss
-        known = {}
-    hashes, learned = {}, {}
-    for name in FILES:
-        path = (folder / name).resolve()
-        st = path.stat()
-        key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-        hashes[name] = known.get(key) or _sha256(path)
-        if key not in known and st.st_size >= MEMO_MIN_BYTES:
-            learned[str(path)] = (key, hashes[name])
-    if learned:
-        try:
-            kept = {k: v for k, v in known.items() if k.split("|", 1)[0] not in learned}
-            kept.update(dict(learned.values()))
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(kept))
-            os.replace(tmp, memo)  # atomic: a concurrent reader sees the old or the new file
-        except OSError as e:  # a read-only cache only costs the hashing time next run
-            log.info("could not remember checkpoint hashes in %s: %s", memo, e)
-    return hashes
+    """SHA-256 of each checkpoint file (big ones remembered between runs: `nx_dagster.hashing`)."""
+    return dict(zip(FILES, sha256_files([folder / name for name in FILES])))
 
 
 def resolve(source: str | None) -> tuple[str, Path]:
@@ -111,12 +77,8 @@ def resolve(source: str | None) -> tuple[str, Path]:
     return source, _fetch_hub(source)
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("NX_CACHE", Path.home() / ".cache" / "nx_dagster"))
-
-
 def _cache_dir(key: str) -> Path:
-    return _cache_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _fetch_fsspec(url: str) -> Path:

@@ -40,13 +40,18 @@ def load_records(catalog: Catalog, model: str, corpus: str, variant: str, layers
                  neurons: range | None) -> list:
     table = catalog.query(
         "SELECT r.model, r.gelu_variant, r.layer, r.neuron, r.kind, r.split, r.rank, r.sequence_id, r.activations, "
-        "s.tokens FROM activation_records r JOIN sequences s ON s.model = r.model AND s.corpus = r.corpus "
+        "s.tokens FROM activation_records r LEFT JOIN sequences s ON s.model = r.model AND s.corpus = r.corpus "
         "AND s.sequence_id = r.sequence_id WHERE r.model = ? AND r.corpus = ? AND r.gelu_variant = ? AND "
         f"{_in('r.layer', layers)}{_neuron_filter(neurons, 'r.')} AND r.kind IN ('top', 'random') "
         "ORDER BY r.layer, r.neuron, r.kind, r.rank", [model, corpus, variant])
     if table.num_rows == 0:
         raise NxInputError(f"activation records of {model} ({variant}, layers {layers})", "do not exist yet",
                            "materialize the activations stage for these layers first")
+    orphans = table["tokens"].null_count
+    if orphans:  # never drop records silently: their sequences were replaced or deleted
+        raise NxInputError(f"activation records of {model} on corpus {corpus!r} ({variant}, layers {layers})",
+                           f"{orphans} records point at sequences that are not in the `sequences` table",
+                           "re-materialize `sequences` and then the activations of these layers for this corpus")
     return neuron_records_from_arrow(table)
 
 

@@ -1,7 +1,10 @@
 """The lakehouse catalog: DuckLake over Parquet under NX_HOME, one snapshot per write.
 
 Layout of a local NX_HOME:  catalog.sqlite (the DuckLake metadata), data/ (Parquet files),
-.catalog.lock (serializes writers). A SQLite-backed DuckLake admits one committing process at a time;
+.catalog.lock (serializes writers), root_id, .dagster/ (the root's Dagster run history). Data file paths are
+stored relative to data/, and every attach names the root's own data/ (OVERRIDE_DATA_PATH), so a data root
+can be moved, copied or mounted elsewhere (read-only too) and still answers; a copy never reads or writes
+the original. A SQLite-backed DuckLake admits one committing process at a time;
 writers take an exclusive file lock around their commit and retry on "database is locked", so several
 processes can write partitions at once and all of them land. Readers need no lock.
 """
@@ -53,6 +56,22 @@ class Catalog:
         self.catalog_path = self.home / "catalog.sqlite"
         self.lock_path = self.home / ".catalog.lock"
 
+    def root_id(self) -> str:
+        """This data root's id (a UUID written once into `root_id`): it moves and is copied with the
+        root, and names the root in the Dagster instance that holds its run history."""
+        path = self.home / "root_id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            self.home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:  # another process created it first
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as fh:
+                fh.write(uuid.uuid4().hex + "\n")
+            return path.read_text().strip()
+
     def check_writable(self) -> None:
         """Fail early, before any computation, if NX_HOME cannot take writes."""
         try:
@@ -84,7 +103,7 @@ class Catalog:
             load_extension(con, ext)
         self._retry(lambda: con.execute(
             f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{self.data_path}/'{', READ_ONLY' if read_only else ''})"
+            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''})"
         ))
         con.execute(f"USE {ALIAS}")
         if read_only:

@@ -1,0 +1,81 @@
+"""One data root, one run history: the Dagster instance of a data root lives inside it.
+
+`nxd run` opens `NX_HOME/.dagster` (created on first use with the project's instance settings), so the
+runs, materializations and checks of one data root never appear as the latest state of another, and the
+history moves or is copied together with the data. `DAGSTER_HOME`, when set, names another instance (for
+example a PostgreSQL one shared by several machines); either way an instance serves exactly one data root:
+the first run records the root's id in the instance, and a run that would write another root into it
+stops with a named error. The repository's dagster.yaml points `dagster dev` at `./nx_data/.dagster`, the
+default root's instance; `nxd ui --home DIR` opens the UI of any root.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.storage import Catalog
+
+INSTANCE_DIR = ".dagster"
+ROOT_KEY = "nx_dagster/data_root_id"
+# The instance settings of a data root. Storage is left to Dagster's defaults, which live under the
+# instance folder itself, so a moved or copied data root keeps its history.
+INSTANCE_YAML = """\
+# The Dagster instance of this nx_dagster data root (written by nxd; run history lives beside this file).
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1  # one step at a time per pool: "compute" (forward passes), "llm", "catalog"
+"""
+
+
+def instance_home(catalog: Catalog) -> Path:
+    """DAGSTER_HOME when set, else the data root's own `.dagster` folder."""
+    explicit = os.environ.get("DAGSTER_HOME")
+    return Path(explicit).expanduser().resolve() if explicit else Path(catalog.home) / INSTANCE_DIR
+
+
+def open_instance(catalog: Catalog) -> dg.DagsterInstance:
+    """The instance that holds `catalog`'s run history, claimed for that data root.
+
+    Opening an instance for the first time creates its SQLite storage; two `nxd run`s started at once
+    would race on that, so opening is serialized by a file lock in the instance folder."""
+    from dagster._core.instance.ref import InstanceRef
+
+    home = instance_home(catalog)
+    home.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("DAGSTER_HOME") and not (home / "dagster.yaml").exists():
+        tmp = home / f"dagster.yaml.{os.getpid()}.tmp"
+        tmp.write_text(INSTANCE_YAML)
+        os.replace(tmp, home / "dagster.yaml")
+    with open(home / ".nxd-open.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+            instance.get_runs(limit=1)  # create the run and schedule storage while the lock is held
+            instance.all_instigator_state()
+            claim_data_root(instance, catalog)
+            return instance
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def claim_data_root(instance: dg.DagsterInstance, catalog: Catalog) -> None:
+    """Record `catalog`'s root id in `instance`, or raise NxInputError if it serves another data root."""
+    root_id = catalog.root_id()
+    storage = instance.run_storage
+    claimed = storage.get_cursor_values({ROOT_KEY}).get(ROOT_KEY)
+    if claimed is None:
+        storage.set_cursor_values({ROOT_KEY: root_id})
+    elif claimed != root_id:
+        where = instance.root_directory if instance.is_persistent else "this instance"
+        raise NxInputError(
+            f"Dagster instance {where}", f"holds the run history of another data root (id {claimed}), "
+            f"not of {catalog.home} (id {root_id})",
+            f"unset DAGSTER_HOME so that the data root's own instance ({Path(catalog.home) / INSTANCE_DIR}) is used, "
+            "or open this root's UI with `nxd ui --home <root>`")
