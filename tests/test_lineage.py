@@ -153,6 +153,8 @@ def test_every_cli_flag_reaches_the_run(ckpt, env, capsys):
     assert models == {"exp-y", "sim-x"}
     assert simulate  # logprob_free: structured output without logprobs
     cat = Catalog(home)
+    assert cat.query("SELECT DISTINCT model, corpus FROM activation_records").to_pylist() == [
+        {"model": "tiny", "corpus": CorpusSpec(str(corpus), 16, 20).name}]
     assert one(cat, "SELECT count(*) FROM sequences") == 20
     assert one(cat, "SELECT max(len(token_ids)) FROM sequences") == 16
     assert cat.query("SELECT DISTINCT kind, rank FROM activation_records WHERE kind = 'top' ORDER BY rank"
