@@ -152,7 +152,7 @@ FIX_IMPACT_VERSION = "fix-impact-v2"
 def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens:
     median, p90, p99, p99.9, max per layer and overall (layer NULL)."""
-    out = stage.write_fix_impact(nx.catalog, nx.subject, report=context.log.info)
+    out = stage.write_fix_impact(nx.catalog, nx.subject, batch_size=nx.batch_size, report=context.log.info)
     rows = out["rows"].to_pylist()
     shown = [{"layer": "all" if r["layer"] is None else r["layer"], **{k: r[k] for k in (*QUANTILES, "max", "n")}}
              for r in rows]
