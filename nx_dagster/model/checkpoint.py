@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from nx_dagster.errors import NxInputError
+from nx_dagster.model.config import read_config
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
 
 log = logging.getLogger(__name__)
@@ -155,36 +156,6 @@ def _fetch_hub(repo_id: str) -> Path:
             f"model {repo_id!r}", f"could not be downloaded from the Hugging Face Hub ({type(e).__name__})",
             "check the id and the network, or download it elsewhere and set NX_MODEL to the local folder",
         ) from e
-
-
-def read_config(folder: Path, label: str) -> GPT2Config:
-    path = folder / "config.json"
-    if not path.exists():
-        raise NxInputError(f"model {label}", f"has no config.json in {folder}", "use a Hugging Face GPT-2 checkpoint folder")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise NxInputError(f"model config {path}", f"is not valid JSON ({e})", "restore config.json") from e
-    if raw.get("model_type") != "gpt2":
-        raise NxInputError(
-            f"model {label}", f"has model_type {raw.get('model_type')!r}, not 'gpt2'",
-            "nx_dagster reads GPT-2-architecture checkpoints only (gpt2, gpt2-medium/large/xl or the same shape)",
-        )
-    unsupported = {
-        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "scale_attn_weights": True,
-    }
-    for key, want in unsupported.items():
-        if raw.get(key, want) != want:
-            raise NxInputError(f"model config {path}", f"sets {key}={raw[key]!r}", f"only {key}={want} is supported")
-    try:
-        n_embd = int(raw["n_embd"])
-        return GPT2Config(
-            n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=n_embd,
-            n_inner=int(raw.get("n_inner") or 4 * n_embd), n_positions=int(raw["n_positions"]),
-            vocab_size=int(raw["vocab_size"]), layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
-        )
-    except KeyError as e:
-        raise NxInputError(f"model config {path}", f"lacks {e.args[0]}", "use a complete GPT-2 config.json") from None
 
 
 def open_checkpoint(source: str | None = None) -> Checkpoint:
