@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     from assets.definitions import defs
-    from nx_dagster.corpus.sequences import iter_sequence_batches, token_strings
+    from nx_dagster.corpus.sequences import iter_sequence_batches
     from nx_dagster.model.gelu import parse_variants
     from nx_dagster.ranges import contiguous_runs, parse_ranges
 
@@ -77,7 +77,7 @@ def cmd_run(args) -> int:
     if neurons and len(contiguous_runs(neurons)) > 1:
         raise _input_error(f"neurons {args.neurons!r}", "is not one contiguous range", "use a range like 0-511")
     tok = subject.ckpt.load_tokenizer()
-    next(iter_sequence_batches(subject.corpus, tok, subject.name, token_strings(tok), batch_rows=1))
+    next(iter_sequence_batches(subject.corpus, tok, subject.name, subject.ckpt.token_strings(), batch_rows=1))
 
     definitions = defs()
     all_assets = list(definitions.assets)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.config import read_config
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
+from nx_dagster.model.token_strings import TokenStrings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Checkpoint:
     config: GPT2Config
     sha256: str  # of model.safetensors
     files_sha256: dict[str, str]
+    _strings: TokenStrings | None = field(default=None, repr=False)
 
     @property
     def data_version(self) -> str:
@@ -55,6 +57,12 @@ class Checkpoint:
                 f"tokenizer {self.folder / 'tokenizer.json'}", f"cannot be read ({e})",
                 "provide a Hugging Face `tokenizers` tokenizer.json saved with the checkpoint",
             ) from e
+
+    def token_strings(self) -> TokenStrings:
+        """The one token-id -> string decoder for every table (model/token_strings.py), built once."""
+        if self._strings is None:
+            self._strings = TokenStrings(self.load_tokenizer(), f"tokenizer {self.folder / 'tokenizer.json'}")
+        return self._strings
 
 
 def _sha256(path: Path) -> str:
@@ -169,7 +177,7 @@ def open_checkpoint(source: str | None = None) -> Checkpoint:
     hashes = _file_hashes(folder)
     ckpt = Checkpoint(name, source or BUNDLED, folder, config, hashes["model.safetensors"], hashes)
     check_weights(folder / "model.safetensors", config)
-    vocab = ckpt.load_tokenizer().get_vocab_size(with_added_tokens=True)
+    vocab = len(ckpt.token_strings())  # builds the decoder now: a tokenizer it refuses stops the run here
     if vocab > config.vocab_size:
         raise NxInputError(
             f"tokenizer {folder / 'tokenizer.json'}",
