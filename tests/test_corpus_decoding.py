@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import re
 
 import pyarrow as pa
@@ -49,8 +50,9 @@ def test_valid_utf8_reads_the_same_in_every_format(tmp_path):
     (tmp_path / "e.jsonl.gz").write_bytes(gzip.compress(decoding.BOM + json.dumps({"text": GOOD}).encode()))
     parquet(tmp_path / "f.parquet", [GOOD])
     parquet(tmp_path / "g.parquet", [GOOD.encode()], pa.binary())
+    parquet(tmp_path / "h.parquet", pa.array([GOOD]).dictionary_encode(), pa.dictionary(pa.int32(), pa.string()))
     texts = {name: [t for _, t in docs(tmp_path / name)] for name in
-             ("a.txt", "b.txt", "c.txt.gz", "d.jsonl", "e.jsonl.gz", "f.parquet", "g.parquet")}
+             ("a.txt", "b.txt", "c.txt.gz", "d.jsonl", "e.jsonl.gz", "f.parquet", "g.parquet", "h.parquet")}
     assert all(t == [GOOD] for t in texts.values()), {k: v[0][:20] for k, v in texts.items()}
 
 
@@ -88,12 +90,15 @@ def test_undecodable_bytes_are_named_in_every_format(fmt, tmp_path):
         assert f"line {GOOD.count(chr(10)) + 1 if fmt.startswith('txt') else 2} (byte {at})" in message
 
 
-@pytest.mark.parametrize("kind", ["nul_in_text", "random_bytes", "checkpoint", "nul_in_jsonl", "escaped_nul",
+@pytest.mark.parametrize("kind", ["nul_in_text", "utf16", "random_bytes", "checkpoint", "nul_in_jsonl", "escaped_nul",
                                   "nul_in_parquet"])
 def test_binary_input_is_refused(kind, tmp_path):
     if kind == "nul_in_text":
         path = tmp_path / "a.txt"
         path.write_bytes(GOOD.encode() + b"\0tail")
+    elif kind == "utf16":
+        path = tmp_path / "a.txt"
+        path.write_bytes("plain words".encode("utf-16-le"))
     elif kind == "random_bytes":
         path = tmp_path / "program"  # no suffix: read as text, as NX_CORPUS=/bin/ls would be
         path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64)
@@ -108,7 +113,7 @@ def test_binary_input_is_refused(kind, tmp_path):
     else:
         path = parquet(tmp_path / "a.parquet", ["fine", "a\0b"])
     message = error(path)
-    assert "NUL byte: binary data, not text" in message and re.search(r"\((byte|character) \d+\)", message)
+    assert "NUL byte: binary data" in message and re.search(r"\((byte|character) \d+\)", message)
 
 
 @pytest.mark.parametrize("kind", ["surrogate", "bad_gzip", "truncated_gzip", "not_parquet", "truncated_parquet",
@@ -131,6 +136,14 @@ def test_damaged_containers_are_named(kind, tmp_path):
         data = path.read_bytes()
         path.write_bytes(b"PAR1 but nothing else" if kind == "not_parquet" else data[:200] + data[-500:])
     assert expected in error(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_is_named(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text(GOOD)
+    path.chmod(0)
+    assert "cannot be read" in error(path)
 
 
 @pytest.mark.parametrize("kind", ["latin1_text", "binary_file", "bad_parquet"])

@@ -17,8 +17,8 @@ from nx_dagster.errors import NxInputError
 PIECE_BYTES = 1 << 20  # bytes read at a time: binary input fails within the first MiB
 BOM = codecs.BOM_UTF8
 REENCODE = "re-encode the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8 in > out`) or remove the stray bytes"
-NOT_TEXT = ("give text, JSONL or Parquet corpus files only: NX_CORPUS names a binary file, "
-            "or a folder or glob that holds one")
+NOT_TEXT = ("give UTF-8 text, JSONL or Parquet corpus files only (re-encode UTF-16 text as UTF-8): NX_CORPUS "
+            "names a binary file, or a folder or glob that holds one")
 
 
 def undecodable(where: str, data: bytes, start: int, reason: str) -> NxInputError:
@@ -26,7 +26,7 @@ def undecodable(where: str, data: bytes, start: int, reason: str) -> NxInputErro
 
 
 def binary(where: str) -> NxInputError:
-    return NxInputError(where, "holds a NUL byte: binary data, not text", NOT_TEXT)
+    return NxInputError(where, "holds a NUL byte: binary data (or UTF-16/32 text), not UTF-8 text", NOT_TEXT)
 
 
 def lines(fh: BinaryIO, path: str) -> Iterator[tuple[int, str]]:

@@ -16,6 +16,7 @@ from nx_dagster.errors import NxInputError
 BUNDLED = "bundled"
 BUNDLED_FILE = Path(__file__).resolve().parent.parent / "bundled" / "corpus" / "python_docs.jsonl.gz"
 TEXT_FIELD = "text"
+_TEXT_TYPES = {"string", "large_string", "string_view", "binary", "large_binary", "binary_view"}
 _SUFFIXES = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet", ".jsonl.gz", ".txt.gz")
 
 
@@ -57,13 +58,17 @@ def iter_documents(source: str | None) -> Iterator[tuple[str, str]]:
 
     for path in _files(source):
         label = path.rsplit("/", 1)[-1]
-        with fsspec.open(path, "rb") as fh:
-            if path.endswith(".parquet"):
-                yield from _parquet(fh, label, path)
-            elif path.endswith((".jsonl", ".json", ".jsonl.gz")):
-                yield from _jsonl(fh, label, path, gz=path.endswith(".gz"))
-            else:
-                yield from _text(fh, label, path, gz=path.endswith(".gz"))
+        try:
+            with fsspec.open(path, "rb") as fh:
+                if path.endswith(".parquet"):
+                    yield from _parquet(fh, label, path)
+                elif path.endswith((".jsonl", ".json", ".jsonl.gz")):
+                    yield from _jsonl(fh, label, path, gz=path.endswith(".gz"))
+                else:
+                    yield from _text(fh, label, path, gz=path.endswith(".gz"))
+        except OSError as e:  # unreadable (permissions, a vanished file, a dropped connection)
+            raise NxInputError(f"corpus file {path}", f"cannot be read ({e.strerror or e})",
+                               "check that the file exists and is readable, then run again") from None
 
 
 @contextmanager
@@ -134,8 +139,7 @@ def _parquet(fh, label: str, path: str) -> Iterator[tuple[str, str]]:
     if TEXT_FIELD not in pf.schema_arrow.names:
         raise NxInputError(f"corpus file {path}", f"has no {TEXT_FIELD!r} column", f"name the text column {TEXT_FIELD!r}")
     kind = pf.schema_arrow.field(TEXT_FIELD).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
-            or pa.types.is_large_binary(kind)):
+    if str(kind.value_type if pa.types.is_dictionary(kind) else kind) not in _TEXT_TYPES:
         raise NxInputError(f"corpus file {path}", f"column {TEXT_FIELD!r} has type {kind}, not text",
                            f"store the documents as a string column named {TEXT_FIELD!r}")
     row = 0
@@ -148,9 +152,10 @@ def _parquet(fh, label: str, path: str) -> Iterator[tuple[str, str]]:
         if batch is None:
             return
         column = batch.column(0)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
         # read the raw bytes (strings are not trusted to be valid UTF-8) and decode them by the one rule
-        raw = column.cast(pa.large_binary() if pa.types.is_large_string(kind) else pa.binary())
-        for value in raw.to_pylist():
+        for value in column.cast(pa.large_binary()).to_pylist():
             if value:
                 yield f"{label}:{row}", decoding.decode_value(value, f"corpus file {path} row {row}")
             row += 1
