@@ -33,8 +33,11 @@ class GPT2Config:
     scale_attn_by_inverse_layer_idx: bool = False  # and by (layer index + 1)
     reorder_and_upcast_attn: bool = False  # attention computed in float32 whatever the model's dtype
 
-    def attention_scale(self, layer: int) -> float:
-        """The factor on q·k in block `layer` (0-based), as transformers' GPT2Attention computes it."""
+    def attention_scale(self, layer: int) -> float | None:
+        """The factor on q·k in block `layer` (0-based), as transformers' GPT2Attention computes it;
+        None for GPT-2's usual 1/sqrt(head dim), which scaled_dot_product_attention applies itself."""
+        if self.scale_attn_weights and not self.scale_attn_by_inverse_layer_idx:
+            return None
         scale = (self.n_embd // self.n_head) ** -0.5 if self.scale_attn_weights else 1.0
         return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
