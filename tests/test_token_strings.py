@@ -70,6 +70,17 @@ def test_render_is_injective_and_inverted_on_hostile_bytes():
     assert render(b"\xe2\x80") == "<0xE2><0x80>" and render(b" <0xE2>") == " <0x3C>0xE2>"
 
 
+def test_byte_level_inside_a_decoder_sequence_and_other_tokenizers():
+    from tokenizers import decoders, models
+
+    tok = with_eot(word_tokenizer(300))
+    plain = TokenStrings(tok).strings
+    tok.decoder = decoders.Sequence([decoders.ByteLevel()])
+    assert TokenStrings(tok).strings == plain
+    wordlevel = Tokenizer(models.WordLevel({"[UNK]": 0, "cat": 1, "##s": 2}, unk_token="[UNK]"))
+    assert TokenStrings(wordlevel).strings == ["[UNK]", "cat", "##s"]  # its own vocabulary pieces
+
+
 def test_duplicate_token_text_is_refused():
     tok = word_tokenizer(300)
     assert tok.token_to_id("Ġcat") is not None

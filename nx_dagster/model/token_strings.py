@@ -83,10 +83,9 @@ class TokenStrings:
     """Every token id's display string, built once per tokenizer; `strings[i]` or `column(ids)`."""
 
     def __init__(self, tokenizer, label: str = "tokenizer"):
-        from tokenizers import decoders
-
         added = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items()}
-        byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        # byte-level BPE: a ByteLevel decoder, alone or inside a decoders.Sequence
+        byte_level = tokenizer.decoder is not None and b'"type":"ByteLevel"' in tokenizer.decoder.__getstate__()
         self.strings: list[str | None] = []
         for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
             piece = tokenizer.id_to_token(i)
