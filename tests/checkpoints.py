@@ -26,15 +26,16 @@ def word_tokenizer(vocab_size: int):
 def build_checkpoint(
     folder: Path, n_layer: int = 3, n_embd: int = 32, n_head: int = 4, vocab_size: int = 300,
     n_positions: int = 64, seed: int = 0, activation_function: str = "gelu_new", tokenizer_vocab: int | None = None,
-    prefix: bool = True,
+    prefix: bool = True, **config,
 ) -> Path:
-    """Random GPT-2 weights (non-trivial layer-norm gains and biases) saved with save_pretrained."""
+    """Random GPT-2 weights (non-trivial layer-norm gains and biases) saved with save_pretrained;
+    `config` adds transformers GPT2Config fields (n_inner, layer_norm_epsilon, scale_attn_weights...)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(
         n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab_size, n_positions=n_positions,
-        activation_function=activation_function, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        activation_function=activation_function, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **config,
     )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nx_dagster.corpus import CorpusSpec, iter_sequence_batches, token_strings
+from nx_dagster.corpus import CorpusSpec, iter_sequence_batches
 from nx_dagster.corpus.documents import corpus_name, iter_documents
 from nx_dagster.errors import NxInputError
 from nx_dagster.model import open_checkpoint
@@ -17,7 +17,7 @@ TEXT = "Paris is the capital of France. The cat sat on the mat. " * 40
 
 def sequences(source, seq_len=16):
     tok = word_tokenizer(300)
-    tables = list(iter_sequence_batches(CorpusSpec(source, seq_len), tok, "m", token_strings(tok), batch_rows=7))
+    tables = list(iter_sequence_batches(CorpusSpec(source, seq_len), tok, "m", batch_rows=7))
     return pa.concat_tables(tables).to_pylist()
 
 
@@ -48,8 +48,7 @@ def test_stable_ids_across_runs_and_max_sequences(tmp_path):
     a, b = sequences(str(tmp_path / "a.txt")), sequences(str(tmp_path / "a.txt"))
     assert a == b
     tok = word_tokenizer(300)
-    capped = list(iter_sequence_batches(CorpusSpec(str(tmp_path / "a.txt"), 16, max_sequences=3), tok, "m",
-                                        token_strings(tok)))
+    capped = list(iter_sequence_batches(CorpusSpec(str(tmp_path / "a.txt"), 16, max_sequences=3), tok, "m"))
     assert sum(t.num_rows for t in capped) == 3
 
 

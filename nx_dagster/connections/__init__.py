@@ -17,13 +17,13 @@ import torch
 
 from nx_dagster.connections.neurons import NEURON_SCHEMA, check_layers, neuron_connection_rows, neuron_topk
 from nx_dagster.connections.token_summary import SUMMARY_SCHEMA, TokenSummary, eligible_tokens
-from nx_dagster.connections.tokens import TOKEN_SCHEMA, TokenStrings, token_connection_rows, token_topk
+from nx_dagster.connections.tokens import TOKEN_SCHEMA, token_connection_rows, token_topk
 from nx_dagster.connections.topk import RunningTopK, merge_topk, tile_topk
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "NEURON_SCHEMA", "TOKEN_SCHEMA", "SUMMARY_SCHEMA", "RunningTopK", "TokenStrings", "TokenSummary",
+    "NEURON_SCHEMA", "TOKEN_SCHEMA", "SUMMARY_SCHEMA", "RunningTopK", "TokenSummary",
     "eligible_tokens", "layer_summary", "merge_topk", "neuron_connection_rows", "neuron_topk", "tile_topk",
     "token_connection_rows", "token_topk", "write_connections",
 ]
@@ -76,7 +76,7 @@ def write_connections(
     chosen = check_layers(layers, ckpt.config.n_layer)
     weights = raw_weights(ckpt)
     neurons = neuron_connection_rows(weights, ckpt.name, chosen, k, device)
-    tokens = token_connection_rows(weights, ckpt.load_tokenizer(), ckpt.name, chosen, k, device)
+    tokens = token_connection_rows(weights, None, ckpt.name, chosen, k, device, strings=ckpt.token_strings())
     keys = {"model": ckpt.name, "layer": chosen}
     label = f"{ckpt.name} layers {chosen[0]}-{chosen[-1]}" if chosen else ckpt.name
     snapshot = catalog.replace_many(

@@ -21,8 +21,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from nx_dagster.connections.tokens import TokenStrings
 from nx_dagster.connections.topk import tile_topk
+from nx_dagster.model.token_strings import TokenStrings
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from nx_dagster.connections.neurons import SIGNS, check_layers, weight_tensor, n_layers
 from nx_dagster.connections.topk import tile_topk
+from nx_dagster.model.token_strings import TokenStrings
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +34,6 @@ TOKEN_SCHEMA = pa.schema([
 ])
 DIRECTIONS = ("input", "output")
 TILE_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}  # default tile size per device type
-
-
-class TokenStrings:
-    """Token id -> its text, `tokenizer.decode([id])` with special tokens kept; cached per id.
-
-    Ids the tokenizer does not know (a model vocabulary padded past the tokenizer's) map to NULL.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._cache: dict[int, str | None] = {}
-
-    def text(self, token_id: int) -> str | None:
-        if token_id not in self._cache:
-            known = self.tokenizer.id_to_token(token_id) is not None
-            self._cache[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False) if known else None
-        return self._cache[token_id]
-
-    def column(self, ids: np.ndarray) -> pa.Array:
-        """A string column for an array of token ids (decoding each distinct id once)."""
-        uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
-        dictionary = pa.array([self.text(int(i)) for i in uniq], type=pa.string())
-        return pa.DictionaryArray.from_arrays(inverse.astype(np.int32).reshape(-1), dictionary).dictionary_decode()
 
 
 def token_topk(
@@ -100,7 +78,7 @@ def token_connection_rows(
     strings: TokenStrings | None = None,
 ) -> pa.Table:
     """The `token_connections` rows of `layers` (all when None), ordered by layer, direction, sign,
-    neuron, rank. `strings` may be shared between calls to reuse decoded tokens."""
+    neuron, rank. `strings` (the one decoder, built from `tokenizer` when None) may be shared."""
     strings = strings or TokenStrings(tokenizer)
     blocks = []
     for (layer, direction, sign), (values, ids) in sorted(token_topk(weights, layers, k, device, dtype).items()):

@@ -16,6 +16,7 @@ import pyarrow as pa
 from nx_dagster.corpus.documents import iter_documents
 from nx_dagster.corpus.identity import corpus_identity
 from nx_dagster.errors import NxInputError
+from nx_dagster.model.token_strings import TokenStrings
 
 SEQ_LEN = 64
 
@@ -33,16 +34,13 @@ class CorpusSpec:
         return corpus_identity(self.source, self.seq_len, self.max_sequences)
 
 
-def token_strings(tokenizer) -> list[str]:
-    """The display string of every token id (decode of that id alone)."""
-    return [tokenizer.decode([i]) for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
-
-
-def iter_sequence_batches(spec: CorpusSpec, tokenizer, model: str, vocab: list[str], batch_rows: int = 4096
-                          ) -> Iterator[pa.Table]:
-    """Yields `sequences` rows in batches; raises if the corpus gives no full sequence."""
+def iter_sequence_batches(spec: CorpusSpec, tokenizer, model: str, strings: TokenStrings | None = None,
+                          batch_rows: int = 4096) -> Iterator[pa.Table]:
+    """Yields `sequences` rows in batches; raises if the corpus gives no full sequence. `tokens` are
+    the one decoder's strings (`model.token_strings`, built from `tokenizer` when `strings` is None)."""
     if spec.seq_len < 2:
         raise NxInputError(f"sequence length {spec.seq_len}", "is too short", "use at least 2 tokens (64 is standard)")
+    vocab = (strings or TokenStrings(tokenizer)).strings
     rows: dict[str, list] = {k: [] for k in ("sequence_id", "document", "start_token", "token_ids", "tokens")}
     next_id = 0
     for doc_id, text in iter_documents(spec.source):

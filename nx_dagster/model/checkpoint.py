@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from nx_dagster.errors import NxInputError
 from nx_dagster.hashing import cache_root, sha256_files
+from nx_dagster.model.config import read_config
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
+from nx_dagster.model.token_strings import TokenStrings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Checkpoint:
     config: GPT2Config
     sha256: str  # of model.safetensors
     files_sha256: dict[str, str]
+    _strings: TokenStrings | None = field(default=None, repr=False)
 
     @property
     def data_version(self) -> str:
@@ -53,6 +56,12 @@ class Checkpoint:
                 f"tokenizer {self.folder / 'tokenizer.json'}", f"cannot be read ({e})",
                 "provide a Hugging Face `tokenizers` tokenizer.json saved with the checkpoint",
             ) from e
+
+    def token_strings(self) -> TokenStrings:
+        """The one token-id -> string decoder for every table (model/token_strings.py), built once."""
+        if self._strings is None:
+            self._strings = TokenStrings(self.load_tokenizer(), f"tokenizer {self.folder / 'tokenizer.json'}")
+        return self._strings
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:
@@ -119,36 +128,6 @@ def _fetch_hub(repo_id: str) -> Path:
         ) from e
 
 
-def read_config(folder: Path, label: str) -> GPT2Config:
-    path = folder / "config.json"
-    if not path.exists():
-        raise NxInputError(f"model {label}", f"has no config.json in {folder}", "use a Hugging Face GPT-2 checkpoint folder")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise NxInputError(f"model config {path}", f"is not valid JSON ({e})", "restore config.json") from e
-    if raw.get("model_type") != "gpt2":
-        raise NxInputError(
-            f"model {label}", f"has model_type {raw.get('model_type')!r}, not 'gpt2'",
-            "nx_dagster reads GPT-2-architecture checkpoints only (gpt2, gpt2-medium/large/xl or the same shape)",
-        )
-    unsupported = {
-        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "scale_attn_weights": True,
-    }
-    for key, want in unsupported.items():
-        if raw.get(key, want) != want:
-            raise NxInputError(f"model config {path}", f"sets {key}={raw[key]!r}", f"only {key}={want} is supported")
-    try:
-        n_embd = int(raw["n_embd"])
-        return GPT2Config(
-            n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=n_embd,
-            n_inner=int(raw.get("n_inner") or 4 * n_embd), n_positions=int(raw["n_positions"]),
-            vocab_size=int(raw["vocab_size"]), layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
-        )
-    except KeyError as e:
-        raise NxInputError(f"model config {path}", f"lacks {e.args[0]}", "use a complete GPT-2 config.json") from None
-
-
 def open_checkpoint(source: str | None = None) -> Checkpoint:
     """Resolve and validate a checkpoint without loading its weights into a model."""
     name, folder = resolve(source)
@@ -160,7 +139,7 @@ def open_checkpoint(source: str | None = None) -> Checkpoint:
     hashes = _file_hashes(folder)
     ckpt = Checkpoint(name, source or BUNDLED, folder, config, hashes["model.safetensors"], hashes)
     check_weights(folder / "model.safetensors", config)
-    vocab = ckpt.load_tokenizer().get_vocab_size(with_added_tokens=True)
+    vocab = len(ckpt.token_strings())  # builds the decoder now: a tokenizer it refuses stops the run here
     if vocab > config.vocab_size:
         raise NxInputError(
             f"tokenizer {folder / 'tokenizer.json'}",

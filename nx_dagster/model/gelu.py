@@ -2,19 +2,22 @@
 
 `pre_fix` reproduces the published OpenAI datasets, which were computed with the "quick" GELU
 x·sigmoid(1.702·x) by mistake; `post_fix` is GPT-2's own tanh approximation (Hugging Face `gelu_new`).
+
+Both lineages only mean what they say for a model trained with the tanh GELU: `post_fix` is "the
+model's own activation" and `pre_fix` "the published mistake". So a checkpoint is accepted only when
+its `config.json` `activation_function` is one of `MODEL_ACTIVATIONS` (the Hugging Face names that
+compute `post_fix`'s formula); any other (relu, exact erf `gelu`, `quick_gelu`, silu...) is refused by
+`check_model_activation` with a named error rather than recorded under a label that would be false.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from nx_dagster.errors import NxInputError
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -30,24 +33,47 @@ def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
 class GeluVariant:
     name: str
     formula: str
-    hf_name: str  # the Hugging Face `activation_function` that computes the same thing
+    # Every Hugging Face `activation_function` name that computes this formula (tests/test_parity.py
+    # holds each to transformers' own implementation); the first is the canonical one.
+    hf_names: tuple[str, ...]
     fn: Callable[[torch.Tensor], torch.Tensor]
     meaning: str
+
+    @property
+    def hf_name(self) -> str:
+        return self.hf_names[0]
 
 
 VARIANTS: dict[str, GeluVariant] = {
     "pre_fix": GeluVariant(
-        "pre_fix", "x*sigmoid(1.702*x)", "quick_gelu", quick_gelu, "reproduces the published datasets"
+        "pre_fix", "x*sigmoid(1.702*x)", ("quick_gelu",), quick_gelu, "reproduces the published datasets"
     ),
     "post_fix": GeluVariant(
         "post_fix",
         "0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))",
-        "gelu_new",
+        # gelu_fast writes the same polynomial as x·(1 + 0.044715·x²) with √(2/π) rounded to 0.7978845608.
+        ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate"),
         tanh_gelu,
         "GPT-2 as trained; the corrected data",
     ),
 }
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
+OWN_VARIANT = "post_fix"  # the lineage that is the checkpoint's own activation
+MODEL_ACTIVATIONS: tuple[str, ...] = VARIANTS[OWN_VARIANT].hf_names
+
+
+def check_model_activation(hf_name: object, where: str) -> None:
+    """Raise NxInputError unless a checkpoint's `activation_function` is `post_fix`'s formula."""
+    if hf_name in MODEL_ACTIVATIONS:
+        return
+    raise NxInputError(
+        where,
+        f"sets activation_function={hf_name!r}, but nx_dagster records GPT-2's tanh GELU as the model's own "
+        f"activation ({OWN_VARIANT}) beside the published quick GELU (pre_fix), so this model's activations "
+        "would be recorded under a false label",
+        f"use a checkpoint whose activation_function is one of {', '.join(MODEL_ACTIVATIONS)} "
+        "(the tanh GELU GPT-2 was trained with)",
+    )
 
 
 def get_variant(name: str) -> GeluVariant:

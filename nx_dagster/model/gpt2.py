@@ -28,6 +28,18 @@ class GPT2Config:
     n_positions: int
     vocab_size: int
     layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"  # always post_fix's formula: config.read_config refuses others
+    scale_attn_weights: bool = True  # scores divided by sqrt(head dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # and by (layer index + 1)
+    reorder_and_upcast_attn: bool = False  # attention computed in float32 whatever the model's dtype
+
+    def attention_scale(self, layer: int) -> float | None:
+        """The factor on q·k in block `layer` (0-based), as transformers' GPT2Attention computes it;
+        None for GPT-2's usual 1/sqrt(head dim), which scaled_dot_product_attention applies itself."""
+        if self.scale_attn_weights and not self.scale_attn_by_inverse_layer_idx:
+            return None
+        scale = (self.n_embd // self.n_head) ** -0.5 if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
     @property
     def n_neurons(self) -> int:
@@ -104,7 +116,11 @@ class GPT2:
             h = F.layer_norm(x, (d,), blk.ln_1_w, blk.ln_1_b, eps)
             qkv = F.linear(h, blk.attn_w, blk.attn_b)  # [b, t, 3d]
             q, k, v = qkv.view(b, t, 3, nh, d // nh).permute(2, 0, 3, 1, 4)  # each [b, nh, t, hd]
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if cfg.reorder_and_upcast_attn and q.dtype != torch.float32:
+                a = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                                   scale=cfg.attention_scale(i)).to(q.dtype)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=cfg.attention_scale(i))
             a = a.transpose(1, 2).reshape(b, t, d)
             x = x + F.linear(a, blk.attn_proj_w, blk.attn_proj_b)
             h = F.layer_norm(x, (d,), blk.ln_2_w, blk.ln_2_b, eps)

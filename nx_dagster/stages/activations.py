@@ -15,7 +15,7 @@ import torch
 
 from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
 from nx_dagster.activations.fix_impact import fix_impact
-from nx_dagster.corpus import CorpusSpec, iter_sequence_batches, token_strings
+from nx_dagster.corpus import CorpusSpec, iter_sequence_batches
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.checkpoint import Checkpoint
 from nx_dagster.model.gelu import get_variant
@@ -65,11 +65,10 @@ def write_sequences(catalog: Catalog, s: Subject) -> dict:
         raise NxInputError(f"sequence length {s.corpus.seq_len}", f"exceeds the model's context of "
                            f"{s.ckpt.config.n_positions} tokens", "lower the sequence length")
     tok = s.ckpt.load_tokenizer()
-    vocab = token_strings(tok)
     counted = {"rows": 0}
 
     def batches() -> Iterator[pa.Table]:
-        for t in iter_sequence_batches(s.corpus, tok, s.name, vocab):
+        for t in iter_sequence_batches(s.corpus, tok, s.name, s.ckpt.token_strings()):
             counted["rows"] += t.num_rows
             yield t
 
@@ -132,7 +131,6 @@ def write_activations(
     """Record `layers` for one GELU variant; replace their partitions of activation_records,
     neuron_stats and token_activation_summary in one commit."""
     from nx_dagster.connections import TokenSummary, eligible_tokens
-    from nx_dagster.connections.tokens import TokenStrings
 
     get_variant(variant)
     cfg = s.ckpt.config
@@ -159,7 +157,7 @@ def write_activations(
         keys["neuron"] = list(neurons)
     records = pa.concat_tables([record_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
     stats = pa.concat_tables([stats_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
-    strings = TokenStrings(s.ckpt.load_tokenizer())
+    strings = s.ckpt.token_strings()
     summary = pa.concat_tables([
         _offset_neurons(summaries[layer].rows(s.name, s.corpus.name, variant, layer, None, summary_k, strings), shard.start)
         for layer in layers])
