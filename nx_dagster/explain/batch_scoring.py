@@ -12,14 +12,15 @@ simulator_model).
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from nx_dagster.explain.scoring import CONSTANT_TRUTH, METRICS, MIN_SUCCEEDED
-from nx_dagster.explain.tables import arrow_schema
+from nx_dagster.explain.records import Explanation
+from nx_dagster.explain.tables import arrow_schema, rows_to_table
 
 _TOP, _RANDOM, _CAL = 0, 1, 2
 _KEYS = ("explanation_id", "gelu_variant", "simulator", "simulator_model")
@@ -237,3 +238,17 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, s
     schema = arrow_schema("scores")
     return pa.table({f.name: (cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n_groups, f.type))
                      for f in schema}, schema=schema)
+
+
+def unscored_rows(explanations: Sequence[Explanation], scores: pa.Table, scored_variant: str, simulator: str,
+                  simulator_model: str | None) -> pa.Table:
+    """A scores row with NULL metrics and a reason for each explanation that has no row in `scores`
+    (no valid or calibration records of the scored variant for its neuron), so none vanishes."""
+    have = set(scores.column("explanation_id").to_pylist())
+    rows = [dict(explanation_id=e.explanation_id, model=e.model, layer=e.layer, neuron=e.neuron,
+                 explanation_gelu_variant=e.gelu_variant, gelu_variant=scored_variant, simulator=simulator,
+                 simulator_model=simulator_model, n_tokens=0, n_sequences=0, n_failed_sequences=0,
+                 failure_reason=f"no valid or calibration records of this neuron in the {scored_variant} "
+                                "activations: nothing to simulate")
+            for e in explanations if e.explanation_id not in have]
+    return rows_to_table("scores", rows)
