@@ -9,6 +9,7 @@ All are partitioned by layer; a `neurons` range explains a sample first. LLM cal
 ledger, so a rerun or a resumed backfill never pays for an answered call twice.
 """
 
+import contextlib
 import warnings
 
 import dagster as dg
@@ -18,6 +19,7 @@ from assets.llm import LLMResource
 from assets.metadata import histogram, markdown_table
 from assets.partitions import layers
 from assets.resources import NxResource
+from nx_dagster.errors import NxInputError
 from nx_dagster.explain import EXPLAIN_PROMPT_VERSION, SIMULATOR_VERSIONS, TOKEN_LOOKUP_VERSION
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
@@ -41,9 +43,19 @@ def _shard(text: str, n_neurons: int) -> range | None:
     return runs[0]
 
 
+@contextlib.contextmanager
+def _input_errors_fail_at_once():
+    """A bad key, an unreachable endpoint or missing inputs fail the run now: no RETRY policy delays."""
+    try:
+        yield
+    except NxInputError as e:
+        raise dg.Failure(description=str(e), allow_retries=False) from e
+
+
 def _llm_metadata(llm: dict) -> dict:
-    keep = ("calls", "ok", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "session_requests_sent",
-            "session_answered_from_ledger", "session_failed")
+    keep = ("calls", "ok", "failed", "unusable", "pending", "prompt_tokens", "completion_tokens", "cost_usd",
+            "session_requests_sent", "session_answered_from_ledger", "session_failed", "session_unusable",
+            "session_reasked", "session_pending_resent")
     return {f"llm_{k}": v for k, v in llm.items() if k in keep and v is not None}
 
 
@@ -64,7 +76,9 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, explainer != "token_lookup")
-        out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer, client)
+        with _input_errors_fail_at_once():
+            out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer,
+                                           client)
         t = out["table"]
         failed = t["explanation"].null_count
         sample = [{k: r[k] for k in ("layer", "neuron", "explanation", "failure_reason")}
@@ -105,8 +119,9 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, simulator != "token_lookup")
-        out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant, layer_list,
-                                 shard, explainer, simulator, client)
+        with _input_errors_fail_at_once():
+            out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
+                                     layer_list, shard, explainer, simulator, client)
         scores = out["scores"]
         ev = scores["ev_correlation"].to_numpy(zero_copy_only=False).astype(float)
         corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
