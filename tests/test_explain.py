@@ -305,3 +305,20 @@ def test_echo_misalignment_names_its_cause():
         assert "'\\tunknown'" in failure and "merged the placeholder" in failure
     finally:
         server._httpd.server_close()  # never started: nothing to shut down
+
+
+def test_an_endpoint_whose_echo_is_shifted_by_a_bos_token_stops_with_that_cause(tmp_path):
+    class BosServer(FakeLLMServer):
+        def completion_reply(self, body, fault):
+            reply = super().completion_reply(body, fault)
+            lp = reply["choices"][0]["logprobs"]
+            lp.update(tokens=["<|endoftext|>"] + lp["tokens"], top_logprobs=[None] + lp["top_logprobs"],
+                      token_logprobs=[None] + lp["token_logprobs"],
+                      text_offset=[0] + [o + len("<|endoftext|>") for o in lp["text_offset"]])
+            return reply
+
+    with BosServer() as server:
+        client = LLMClient(LLMSettings(base_url=server.base_url, concurrency=2), Ledger(tmp_path / "l.sqlite"))
+        with pytest.raises(EchoUnsupportedError, match="BOS token.*shifted by 13") as err:
+            _one("echo_logprobs", client)
+        assert "merged" not in str(err.value) and server.count() == 1

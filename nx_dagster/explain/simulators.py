@@ -162,19 +162,30 @@ def parse_logprob_free(choice: dict, n: int) -> Outcome:
     return [float(v) for v in json.loads(found[0])["activations"]], None
 
 
-def _echo_misalignment(prompt: str, tokens: list, text_offset: list) -> str | None:
-    """Why the echoed tokens and offsets do not line up with the prompt as a whole, or None if they do."""
-    if len(tokens) != len(text_offset):
-        return f"the echo has {len(tokens)} tokens but {len(text_offset)} text offsets"
+def _echo_shift(prompt: str, tokens: list, text_offset: list) -> str | None:
+    """A BOS token echoed before the prompt, or offsets that start past 0: the endpoint's echo is shifted
+    as a whole (every request's). None when neither."""
     echoed = "".join(t if isinstance(t, str) else "" for t in tokens)
     if echoed != prompt and echoed.endswith(prompt):
         extra = echoed[:len(echoed) - len(prompt)]
         return f"the echo starts with {extra!r} (a BOS token) before the prompt: offsets are shifted by {len(extra)}"
+    if text_offset and text_offset[0] != 0:
+        return f"text_offset is shifted: the first token is at {text_offset[0]}, not 0 (a BOS token counted in the offsets)"
+    return None
+
+
+def _echo_misalignment(prompt: str, tokens: list, text_offset: list) -> str | None:
+    """Why the echoed tokens and offsets do not line up with the prompt as a whole, or None if they do."""
+    if len(tokens) != len(text_offset):
+        return f"the echo has {len(tokens)} tokens but {len(text_offset)} text offsets"
+    shift = _echo_shift(prompt, tokens, text_offset)
+    if shift:
+        return shift
+    echoed = "".join(t if isinstance(t, str) else "" for t in tokens)
     pos = 0
     for i, (tok, off) in enumerate(zip(tokens, text_offset)):
         if off != pos:
-            return (f"text_offset is shifted: token {i} is at {off} but the tokens before it span {pos} characters"
-                    + (" (a BOS token counted in the offsets)" if i == 0 else ""))
+            return f"text_offset is shifted: token {i} is at {off} but the tokens before it span {pos} characters"
         pos += len(tok) if isinstance(tok, str) else 0
     if echoed != prompt:
         at = next((i for i, (a, b) in enumerate(zip(echoed, prompt)) if a != b), min(len(echoed), len(prompt)))
@@ -228,12 +239,21 @@ def _outcome(simulator: str, result: LLMResult, tokens: Sequence[str], explanati
 
 
 def _check_echo(client: LLMClient, first: LLMRequest) -> None:
+    """One request first: an endpoint that rejects echo, or shifts every echo (a BOS token), stops the run
+    with the cause before it pays for the rest (re-asking would not help)."""
     result = client.call(first)
     if result.status == "rejected" and result.http_status in (400, 404, 405, 422):
         raise EchoUnsupportedError(
             f"simulator {ECHO_LOGPROBS!r} at {client.endpoint}",
             f"the endpoint rejects completions with echo and logprobs ({result.error})",
             f"use the simulator {JSON_LOGPROBS!r} (or a vLLM-style server that serves echo)")
+    logprobs = ((result.response or {}).get("choices") or [{}])[0].get("logprobs") or {} if result.ok else {}
+    shift = _echo_shift(first.params["prompt"], logprobs.get("tokens") or [], logprobs.get("text_offset") or []) \
+        if logprobs.get("tokens") else None
+    if shift:
+        raise EchoUnsupportedError(
+            f"simulator {ECHO_LOGPROBS!r} at {client.endpoint}", f"its echo is misaligned: {shift}",
+            f"use the simulator {JSON_LOGPROBS!r}, or serve the model without a prepended BOS token in echo")
 
 
 def simulate(pairs: Sequence[tuple[Explanation, NeuronRecords]], simulator: str = TOKEN_LOOKUP,
