@@ -44,8 +44,9 @@ def _shard(text: str, n_neurons: int) -> range | None:
 
 
 def _llm_metadata(llm: dict) -> dict:
-    keep = ("calls", "ok", "failed", "prompt_tokens", "completion_tokens", "cost_usd", "session_requests_sent",
-            "session_answered_from_ledger", "session_failed")
+    keep = ("calls", "ok", "failed", "unusable", "pending", "prompt_tokens", "completion_tokens", "cost_usd",
+            "session_requests_sent", "session_answered_from_ledger", "session_failed", "session_unusable",
+            "session_reasked", "session_pending_resent")
     return {f"llm_{k}": v for k, v in llm.items() if k in keep and v is not None}
 
 

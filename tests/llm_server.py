@@ -8,10 +8,13 @@ at value 10.
 
 Faults are queued with `add_fault(Fault(...))` and consumed one per request, in order: an HTTP status
 with headers (429 + Retry-After, 500, 401), a delay (a reply slower than the client's timeout), or a
-replaced reply (malformed or truncated JSON, a refusal). Every request is counted on arrival.
+replaced reply (malformed or truncated JSON, a refusal, a non-JSON body). Every request is counted on
+arrival. `fault_rate` > 0 adds random faults: each request with no queued fault draws one, with that
+probability, from `RANDOM_FAULTS` (a seeded generator: the same seed gives the same draws in the same
+order), and `faults_injected` counts them.
 
-Run it as a process for benchmarks: `python -m tests.llm_server --latency 0.1` prints its base URL;
-`GET /stats` returns the request count and `POST /reset` clears it.
+Run it as a process for benchmarks: `python -m tests.llm_server --latency 0.1 --fault-rate 0.05` prints
+its base URL; `GET /stats` returns the request and injected-fault counts and `POST /reset` clears them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import re
 import socket
 import threading
@@ -50,6 +54,18 @@ class Fault:
     refusal: str | None = None
     message: str = "scripted failure"
     path: str | None = None
+    body: str | None = None  # a raw non-JSON body sent with `status` (e.g. a proxy's HTML error page)
+    values: str | None = None  # simulation replies only: 'short' (one value missing) or 'range' (an 11)
+
+
+# The kinds of bad reply a flaky endpoint sends, drawn at random under `fault_rate`.
+RANDOM_FAULTS = (
+    Fault(body="<html><body>502 Bad Gateway</body></html>"),
+    Fault(values="short"),
+    Fault(values="range"),
+    Fault(refusal="I can't help with that."),
+    Fault(status=500),
+)
 
 
 def fires(token: str, description: str) -> bool:
@@ -71,8 +87,9 @@ class FakeLLMServer:
     """Start with `with FakeLLMServer() as s:`; point the client at `s.base_url`."""
 
     def __init__(self, api_key: str | None = None, latency_s: float = 0.0, reject_echo: bool = False,
-                 port: int = 0):
+                 port: int = 0, fault_rate: float = 0.0, seed: int = 0):
         self.api_key, self.latency_s, self.reject_echo = api_key, latency_s, reject_echo
+        self.fault_rate, self.faults_injected, self._rng = fault_rate, 0, random.Random(seed)
         self.faults: deque[Fault] = deque()
         self.requests: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
@@ -95,6 +112,7 @@ class FakeLLMServer:
         with self._lock:
             self.requests.clear()
             self.faults.clear()
+            self.faults_injected = 0
 
     def start(self) -> "FakeLLMServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
@@ -118,6 +136,9 @@ class FakeLLMServer:
                 if f.path in (None, path):
                     del self.faults[i]
                     return f
+            if self.fault_rate and self._rng.random() < self.fault_rate:
+                self.faults_injected += 1
+                return self._rng.choice(RANDOM_FAULTS)
         return None
 
     def _handler_class(self):
@@ -147,7 +168,7 @@ class FakeLLMServer:
                     pass
 
             def do_GET(self) -> None:
-                self._send(200, {"requests": server.count()})
+                self._send(200, {"requests": server.count(), "faults_injected": server.faults_injected})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -163,6 +184,14 @@ class FakeLLMServer:
                 if server.api_key is not None and given != server.api_key:
                     return self._send(401, {"error": {"message": f"Incorrect API key provided: {given}.",
                                                       "type": "invalid_request_error", "code": "invalid_api_key"}})
+                if fault and fault.body is not None:
+                    data = fault.body.encode()
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return None
                 if fault and fault.status != 200:
                     return self._send(fault.status, {"error": {"message": fault.message, "type": "server_error",
                                                                "code": None}}, fault.headers)
@@ -186,6 +215,10 @@ class FakeLLMServer:
         if described:  # a simulation request
             tokens = [t for _, t in _NUMBERED.findall(prompt)]
             values = [10 if fires(t, described) else 0 for t in tokens]
+            if fault and fault.values == "short":
+                values = values[:-1]
+            elif fault and fault.values == "range":
+                values = [11 if v == 10 else v for v in values] if 10 in values else [11] + values[1:]
             pieces.append(('{"activations":[', None))
             for i, v in enumerate(values):
                 pieces.append((str(v), digit_distribution(v)))
@@ -266,8 +299,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a random fault")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    server = FakeLLMServer(latency_s=args.latency, port=args.port)
+    server = FakeLLMServer(latency_s=args.latency, port=args.port, fault_rate=args.fault_rate, seed=args.seed)
     print(server.base_url, flush=True)
     server._httpd.serve_forever()
 

@@ -29,8 +29,9 @@ def server():
 
 @pytest.fixture
 def client(server, tmp_path):
+    """No re-asks: each scripted fault reaches the result (re-asking is tested on its own)."""
     return LLMClient(LLMSettings(api_key=KEY, base_url=server.base_url, concurrency=1, max_attempts=2,
-                                 backoff_s=0.01, timeout_s=5), Ledger(tmp_path / "ledger.sqlite"))
+                                 backoff_s=0.01, timeout_s=5, reasks=0), Ledger(tmp_path / "ledger.sqlite"))
 
 
 def neuron(records: list[ActivationRecord], variant: str = "post_fix") -> NeuronRecords:
@@ -114,8 +115,14 @@ def test_explainer_failures_are_null_with_a_reason(server, client, fault, reason
     (e,) = explain_neurons(demo_neurons(1), "token_activation_pairs", client)
     assert e.explanation is None and reason in e.failure_reason
     assert explanations_table([e]).column("explanation").to_pylist() == [None]
-    again = explain_neurons(demo_neurons(1), "token_activation_pairs", client)  # from the ledger
-    assert again == [e] and server.count() == 1 and len(client.ledger.entries()) == 1
+    (entry,) = client.ledger.entries()
+    again = explain_neurons(demo_neurons(1), "token_activation_pairs", client)
+    if fault.status == 400:  # definitive: answered from the ledger, not sent again
+        assert entry.status == "rejected" and again == [e] and server.count() == 1
+    else:  # paid but unusable: a rerun re-asks it (a new attempt key), and keeps the first reply too
+        assert entry.status == "unusable" and reason in entry.error
+        assert again[0].explanation == "the words w0" and server.count() == 2
+        assert [x.status for x in client.ledger.entries()] == ["unusable", "ok"]
 
 
 def test_explainer_candidates(server, client):
@@ -188,6 +195,7 @@ def test_bad_structured_output_is_a_failure_not_a_number(server, client, fault, 
     server.add_fault(*[fault] * (2 if fault.status >= 500 else 1))  # a 500 fails both attempts
     sims = _one(simulator, client)
     assert sims[0].expected_activations is None and reason in sims[0].failure_reason
+    assert sims[0].failure_reason.startswith("unusable reply (1 asks): " if fault.status == 200 else "LLM call")
     assert all(s.failure_reason is None for s in sims[1:])
     scores = score_simulations(simulations_table(sims))
     (row,) = scores.to_pylist()
@@ -216,3 +224,101 @@ def test_json_logprobs_tokenizers_that_split_numbers():
               "logprobs": {"content": content}}
     values, failure = parse_json_logprobs(choice, 2)
     assert failure is None and values == [pytest.approx(0.5 * 10 + 0.25 * 9), pytest.approx(3.5)]
+
+
+@pytest.mark.parametrize("fault, reason", [
+    (Fault(values="short"), "has 7 values for 8 tokens"),
+    (Fault(values="range"), "values outside 0..10 (11)"),
+    (Fault(body="<html>502 Bad Gateway</html>"), "non-JSON reply"),
+    (Fault(refusal="I can't do that"), "refused: I can't do that"),
+    (Fault(content='{"activations": [0, 0, 0, 0, 0, 0, 0, "x"]}'), "non-numeric values ('x')"),
+])
+def test_an_unusable_reply_is_re_asked_and_ledgered_not_lost(server, tmp_path, fault, reason):
+    client = LLMClient(LLMSettings(api_key=KEY, base_url=server.base_url, concurrency=1, max_attempts=2,
+                                   backoff_s=0.01, timeout_s=5, reasks=2), Ledger(tmp_path / "ledger.sqlite"))
+    server.add_fault(fault)
+    sims = _one("json_logprobs", client)
+    assert all(s.failure_reason is None for s in sims) and server.count() == len(sims) + 1
+    entries = client.ledger.entries()
+    (bad,) = [x for x in entries if x.status != "ok"]
+    assert bad.status == "unusable" and reason in bad.error and len(entries) == len(sims) + 1
+    assert client.stats.unusable == 1 and client.stats.reasked == 1
+    assert _one("json_logprobs", client) == sims and server.count() == len(sims) + 1  # a rerun sends nothing
+
+    server.add_fault(fault, fault, fault)  # every ask of one sequence unusable: it fails after 3 asks
+    n = demo_neurons(2)[1]
+    neurons = [NeuronRecords(n.model, n.gelu_variant, n.layer, n.neuron,
+                             [r for r in n.records if r.split != "calibration" and r.kind == "top"])]
+    sims = _one("json_logprobs", client, neurons)
+    assert len(sims) == 1 and sims[0].expected_activations is None
+    assert sims[0].failure_reason.startswith("unusable reply (3 asks): ") and reason in sims[0].failure_reason
+
+
+def test_no_digit_among_top_logprobs_fails_the_sequence_not_the_written_number():
+    from nx_dagster.explain.simulators import parse_json_logprobs
+
+    def tok(t, alts):
+        return {"token": t, "logprob": 0.0, "top_logprobs": [{"token": a, "logprob": math.log(p)} for a, p in alts]}
+
+    content = [tok('{"activations":[', []), tok("7", [("seven", 0.6), ("x", 0.4)]), tok(",", []),
+               tok("3", [("3", 1.0)]), tok("]}", [])]
+    choice = {"message": {"content": "".join(c["token"] for c in content)}, "finish_reason": "stop",
+              "logprobs": {"content": content}}
+    values, failure = parse_json_logprobs(choice, 2)
+    assert values is None and "no 0..10 number among the top_logprobs of value 0 (written '7')" in failure
+
+
+def _echo_reply(server, prompt):
+    return server.completion_reply({"prompt": prompt, "echo": True, "logprobs": 5}, None)
+
+
+def test_echo_misalignment_names_its_cause():
+    from nx_dagster.explain.prompts import echo_prompt
+    from nx_dagster.explain.simulators import parse_echo
+
+    server = FakeLLMServer()
+    try:
+        prompt, offsets = echo_prompt("the words w0", [" w0", " w1", "\t"])
+        good = _echo_reply(server, prompt)
+        values, failure = parse_echo(good, offsets, prompt)
+        assert failure is None and len(values) == 3
+
+        lp = good["choices"][0]["logprobs"]  # a BOS token echoed first: every offset after it shifted by 3
+        bos = {"choices": [{"logprobs": {"tokens": ["<s>"] + lp["tokens"], "top_logprobs": [None] + lp["top_logprobs"],
+                                          "text_offset": [0] + [o + 3 for o in lp["text_offset"]]}}]}
+        values, failure = parse_echo(bos, offsets, prompt)
+        assert values is None and "'<s>' (a BOS token)" in failure and "shifted by 3" in failure
+        assert "merged" not in failure
+
+        shifted = {"choices": [{"logprobs": {**lp, "text_offset": [o + 13 for o in lp["text_offset"]]}}]}
+        values, failure = parse_echo(shifted, offsets, prompt)
+        assert values is None and "text_offset is shifted" in failure and "BOS" in failure
+
+        tokens, tops, offs = list(lp["tokens"]), list(lp["top_logprobs"]), list(lp["text_offset"])
+        k = offs.index(offsets[0])  # the tokenizer merges "\t" and "unknown" into one token
+        tokens[k - 1:k + 1] = ["\tunknown"]
+        tops[k - 1:k + 1] = [{"\tunknown": -0.1}]
+        offs[k - 1:k + 1] = [offs[k - 1]]
+        merged = {"choices": [{"logprobs": {"tokens": tokens, "top_logprobs": tops, "text_offset": offs}}]}
+        values, failure = parse_echo(merged, offsets, prompt)
+        assert values is None and "no token starts at value position 0" in failure
+        assert "'\\tunknown'" in failure and "merged the placeholder" in failure
+    finally:
+        server._httpd.server_close()  # never started: nothing to shut down
+
+
+def test_an_endpoint_whose_echo_is_shifted_by_a_bos_token_stops_with_that_cause(tmp_path):
+    class BosServer(FakeLLMServer):
+        def completion_reply(self, body, fault):
+            reply = super().completion_reply(body, fault)
+            lp = reply["choices"][0]["logprobs"]
+            lp.update(tokens=["<|endoftext|>"] + lp["tokens"], top_logprobs=[None] + lp["top_logprobs"],
+                      token_logprobs=[None] + lp["token_logprobs"],
+                      text_offset=[0] + [o + len("<|endoftext|>") for o in lp["text_offset"]])
+            return reply
+
+    with BosServer() as server:
+        client = LLMClient(LLMSettings(base_url=server.base_url, concurrency=2), Ledger(tmp_path / "l.sqlite"))
+        with pytest.raises(EchoUnsupportedError, match="BOS token.*shifted by 13") as err:
+            _one("echo_logprobs", client)
+        assert "merged" not in str(err.value) and server.count() == 1

@@ -106,7 +106,6 @@ def test_recorder_settings_change_the_data_version(ckpt, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     assets = list(defs().assets)
     llm = LLMResource(explainer="token_lookup", simulator="token_lookup")
-    key = dg.AssetKey(["pre_fix", "activations"])
     base = dict(home=str(tmp_path / "home"), model=str(ckpt), corpus=str(corpus), seq_len=16, quantile_k=1)
     versions = {}
     for name, extra in (("a", {"top_k": 5}), ("a_again", {"top_k": 5}), ("top_k", {"top_k": 4}),

@@ -188,14 +188,76 @@ def test_a_killed_run_resumes_with_exactly_the_missing_calls(tmp_path):
     with FakeLLMServer(api_key=KEY, latency_s=0.03) as server:
         _run_and_kill(server, tmp_path / "ledger.sqlite", after=8)
         ledger = Ledger(tmp_path / "ledger.sqlite")
-        answered = ledger.count("ok")
+        answered, in_flight = ledger.count("ok"), ledger.count("pending")
         total = sum(len(n.select("valid")) + len(n.select("calibration")) for n in neurons)
         assert 0 < answered < total
+        assert 1 <= in_flight <= 2  # the calls in flight at the kill (concurrency 2) are known: maybe paid
         server.reset()
-        resumed = simulate(pairs, "json_logprobs", make_client(server, tmp_path, concurrency=4))
-        assert server.count() == total - answered
+        client = make_client(server, tmp_path, concurrency=4)
+        resumed = simulate(pairs, "json_logprobs", client)
+        assert server.count() == total - answered and client.stats.pending_resent == in_flight
         assert ledger.count() == ledger.count("ok") == total
         server.reset()
         fresh = simulate(pairs, "json_logprobs", make_client(server, tmp_path / "fresh", concurrency=4))
         assert server.count() == total
     assert simulations_table(resumed).equals(simulations_table(fresh))
+
+
+def test_a_call_is_ledgered_pending_before_it_is_sent(server, tmp_path):
+    import threading
+
+    server.add_fault(Fault(delay_s=0.6))
+    client = make_client(server, tmp_path)
+    done = threading.Thread(target=client.call, args=(chat("slow"),))
+    done.start()
+    deadline = time.monotonic() + 5
+    while server.count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (entry,) = Ledger(tmp_path / "ledger.sqlite").entries()  # the server has it; no answer yet
+    assert entry.status == "pending" and entry.response_json is None
+    done.join()
+    assert [e.status for e in client.ledger.entries()] == ["ok"]
+    assert client.ledger.summary()["pending"] == 0
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/v1", "http://nx-no-such-host.invalid/v1"])
+def test_an_unreachable_endpoint_stops_the_run_at_once_with_a_named_error(tmp_path, url):
+    from nx_dagster.explain import LLMUnreachableError
+
+    client = LLMClient(LLMSettings(api_key=KEY, base_url=url, concurrency=8, timeout_s=5, backoff_s=0.2),
+                       Ledger(tmp_path / "ledger.sqlite"))
+    t0 = time.monotonic()
+    with pytest.raises(LLMUnreachableError) as err:
+        client.map([chat(str(i)) for i in range(20)])
+    assert time.monotonic() - t0 < 10  # not the minutes of a full retry schedule
+    message = str(err.value)
+    assert "OPENAI_BASE_URL" in message and "cannot be reached" in message and "Fix:" in message
+    assert KEY not in message
+    assert client.stats.requests_sent <= 8 * 2  # at most connect_attempts per worker, then everything stops
+    assert {e.status for e in client.ledger.entries()} <= {"transient"}  # nothing left pending
+
+
+def test_a_connection_blip_after_the_endpoint_answered_is_retried(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = FakeLLMServer(api_key=KEY, port=port).start()
+    client = LLMClient(LLMSettings(api_key=KEY, base_url=first.base_url, concurrency=1, timeout_s=5,
+                                   max_attempts=6, backoff_s=0.3, max_backoff_s=0.6), Ledger(tmp_path / "l.sqlite"))
+    assert client.call(chat("a")).ok
+    first.stop()  # the endpoint goes away mid-run, and comes back a moment later
+    client._client = None  # a fresh connection pool: the old keep-alive connection outlives the listener
+    import threading
+
+    second: list[FakeLLMServer] = []
+    restart = threading.Timer(0.5, lambda: second.append(FakeLLMServer(api_key=KEY, port=port).start()))
+    restart.start()
+    try:
+        result = client.call(chat("b"))
+        assert result.ok and result.attempts >= 2 and second[0].count() == 1
+    finally:
+        restart.join()
+        for s in second:
+            s.stop()

@@ -44,9 +44,10 @@ def test_scores_match_the_definitions_by_hand():
     assert score.ev_correlation_random == pytest.approx(hand_pearson(t[5:], s[5:]), abs=1e-12)
     r2 = 1 - sum((x - y) ** 2 for x, y in zip(t, p)) / len(t) / (sum(x * x for x in t) / len(t))
     ade = 1 - sum(abs(x - y) for x, y in zip(t, p)) / len(t) / (sum(abs(x) for x in t) / len(t))
-    assert score.rsquared == pytest.approx(r2, abs=1e-12) and score.calibrated_rsquared == score.rsquared
+    assert score.rsquared == pytest.approx(r2, abs=1e-12) and score.calibrated_rsquared is None  # deprecated
     assert score.absolute_dev_explained == pytest.approx(ade, abs=1e-12)
     assert score.n_tokens == 8 and score.failure_reason is None
+    assert (score.n_sequences, score.n_failed_sequences) == (5, 0)
     per_sequence = np.mean([hand_pearson(q.true, q.expected) for q in TOP])
     assert abs(per_sequence - score.ev_correlation_top) > 1e-3  # pooling is not averaging
 
@@ -70,10 +71,71 @@ def test_undefined_metrics_are_null_with_a_reason():
     assert score.ev_correlation is None and "simulated activations are constant" in score.failure_reason
     assert score.ev_correlation_random is None and "no tokens" in score.failure_reason
     dead = score_sequences([seq("top", "valid", [0.0, 0.0], [0.0, 1.0])])
-    assert dead.rsquared is None and dead.absolute_dev_explained is None and "all 0" in dead.failure_reason
+    assert dead.rsquared is None and dead.absolute_dev_explained is None
+    assert "rsquared, absolute_dev_explained: undefined (true activations are constant)" in dead.failure_reason
     failed = score_sequences(TOP + [seq("random", "valid", [1.0], None, "refused: no")])
     assert failed.ev_correlation is None and failed.rsquared is None
     assert failed.failure_reason == "simulation failed for 1 of 3 sequences: refused: no"
+    assert (failed.n_sequences, failed.n_failed_sequences) == (3, 1)
+
+
+# A neuron constant on every token (here 2.0; the example), simulated as a constant: the
+# calibration maps the simulation onto the constant exactly, which used to score rsquared = 1.0.
+CONSTANT = [seq("top", "valid", [2.0, 2.0, 2.0], [5.0, 5.0, 5.0]), seq("random", "valid", [2.0], [5.0]),
+            seq("top", "calibration", [2.0, 2.0], [5.0, 5.0])]
+
+
+@pytest.mark.parametrize("level", [2.0, 0.0, -0.17])
+def test_constant_truth_has_no_rsquared_in_both_scorers(level):
+    seqs = [seq(q.kind, q.split, [level] * len(q.true), q.expected) for q in CONSTANT]
+    seqs[0] = seq("top", "valid", [level] * 3, [5.0, 9.0, 5.0])  # even a simulation that varies
+    for sequences in (CONSTANT if level == 2.0 else seqs, seqs):
+        score = score_sequences(sequences)
+        (row,) = score_simulations(_table({"e": list(sequences)})).to_pylist()
+        for got in (score.__dict__, row):
+            assert got["rsquared"] is None and got["absolute_dev_explained"] is None
+            assert got["ev_correlation"] is None and got["calibrated_rsquared"] is None
+            assert "rsquared, absolute_dev_explained: undefined (true activations are constant)" in got["failure_reason"]
+        assert row["failure_reason"] == score.failure_reason
+
+
+def _kinds(n_top: int, n_random: int, n_cal: int, failed: dict[str, int]) -> list[ScoredSequence]:
+    rng = np.random.default_rng(n_top * 100 + n_random * 10 + n_cal)
+    out = []
+    for kind, split, n in (("top", "valid", n_top), ("random", "valid", n_random), ("top", "calibration", n_cal)):
+        for i in range(n):
+            t = rng.gamma(0.5, 2.0, 6).round(3).tolist()
+            bad = i < failed.get(f"{split}-{kind}", 0)
+            out.append(seq(kind, split, t, None if bad else [min(10.0, 2 * x + 0.3 * i) for x in t],
+                           "unusable reply (3 asks): refused: no" if bad else None))
+    return out
+
+
+@pytest.mark.parametrize("shape, failed, scored", [
+    ((5, 5, 5), {"valid-top": 1}, True),                      # 4 of 5 = 80 %: scored on the 14 that succeeded
+    ((5, 5, 5), {"valid-top": 1, "calibration-top": 1}, True),
+    ((5, 5, 5), {"valid-top": 2}, False),                     # 3 of 5 < 80 %
+    ((4, 5, 5), {"valid-top": 1}, False),                     # 3 of 4 < 80 %
+    ((5, 10, 5), {"valid-random": 2}, True),
+    ((5, 5, 4), {"calibration-top": 1}, False),
+])
+def test_failed_sequences_score_the_rest_only_when_each_group_keeps_80_percent(shape, failed, scored):
+    seqs = _kinds(*shape, failed)
+    score = score_sequences(seqs)
+    (row,) = score_simulations(_table({"e": seqs})).to_pylist()
+    n_failed = sum(failed.values())
+    assert (score.n_sequences, score.n_failed_sequences) == (sum(shape), n_failed)
+    assert (row["n_sequences"], row["n_failed_sequences"]) == (sum(shape), n_failed)
+    survivors = score_sequences([q for q in seqs if q.expected is not None])
+    if scored:
+        assert score.ev_correlation == pytest.approx(survivors.ev_correlation, abs=1e-12)
+        assert score.rsquared == pytest.approx(survivors.rsquared, abs=1e-12)
+        assert row["rsquared"] == pytest.approx(score.rsquared, rel=1e-6)  # float32 storage
+        assert score.n_tokens == row["n_tokens"] == survivors.n_tokens and score.failure_reason is None
+    else:
+        assert score.ev_correlation is None and row["ev_correlation"] is None and row["rsquared"] is None
+        assert score.failure_reason == row["failure_reason"] == \
+            f"simulation failed for {n_failed} of {sum(shape)} sequences: unusable reply (3 asks): refused: no"
 
 
 def _table(groups: dict[str, list[ScoredSequence]]) -> pa.Table:
@@ -120,6 +182,7 @@ def test_batch_scoring_equals_the_definitions(calibrate):
         want = score_sequences(seqs, calibrate=calibrate)
         assert row["explanation_id"] == eid and row["n_tokens"] == want.n_tokens
         assert row["failure_reason"] == want.failure_reason
+        assert (row["n_sequences"], row["n_failed_sequences"]) == (want.n_sequences, want.n_failed_sequences)
         for k in ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared",
                   "absolute_dev_explained", "calibrated_rsquared"):
             got, expected = row[k], getattr(want, k)

@@ -13,7 +13,9 @@ from nx_dagster.explain.explainers import (
     EXPLAINERS, TOKEN_ACTIVATION_PAIRS, TOKEN_LOOKUP_VERSION, explain_neurons, token_lookup_explanation,
 )
 from nx_dagster.explain.ledger import Ledger, default_ledger_path, sync_ledger
-from nx_dagster.explain.llm import CallStats, LLMAuthError, LLMClient, LLMRequest, LLMResult, LLMSettings
+from nx_dagster.explain.llm import (
+    CallStats, LLMAuthError, LLMClient, LLMRequest, LLMResult, LLMSettings, LLMUnreachableError,
+)
 from nx_dagster.explain.prompts import (
     EXPLAIN_PROMPT_VERSION, SIMULATE_ECHO_PROMPT_VERSION, SIMULATE_JSON_PROMPT_VERSION,
 )
@@ -30,7 +32,7 @@ TOKEN_LOOKUP = "token_lookup"  # the offline explainer and simulator share this 
 
 __all__ = [
     "ActivationRecord", "CallStats", "EXPLAINERS", "EXPLAIN_PROMPT_VERSION", "EchoUnsupportedError", "Explanation",
-    "LLMAuthError", "LLMClient", "LLMRequest", "LLMResult", "LLMSettings", "Ledger", "NeuronRecords",
+    "LLMAuthError", "LLMClient", "LLMRequest", "LLMResult", "LLMSettings", "LLMUnreachableError", "Ledger", "NeuronRecords",
     "SIMULATE_ECHO_PROMPT_VERSION", "SIMULATE_JSON_PROMPT_VERSION", "SIMULATORS", "SIMULATOR_VERSIONS", "Score",
     "ScoredSequence", "Simulation", "TOKEN_ACTIVATION_PAIRS", "TOKEN_LOOKUP", "TOKEN_LOOKUP_VERSION", "arrow_schema",
     "default_ledger_path", "explain_neurons", "explanation_variants", "explanations_from_table",

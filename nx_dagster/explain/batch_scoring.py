@@ -5,19 +5,22 @@ the Arrow list columns, in slices of rows so memory stays flat (fixed-length row
 Sweep 1 sums per row (n, Σt, Σs, Σt², Σs², Σts, Σ|t|, constancy) and folds rows into (explanation,
 category) cells with bincount — categories are valid-top, valid-random, calibration; correlations, the
 calibration fit and Σ(t − p)² follow from those sums. Sweep 2 sums |t − p| with each explanation's
-calibration. One scores row per (explanation_id, gelu_variant, simulator, simulator_model).
+calibration. Failed rows are left out of the sums; a group with too few successes (`too_few_succeeded`
+per category) gets NULL metrics. One scores row per (explanation_id, gelu_variant, simulator,
+simulator_model).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nx_dagster.explain.scoring import METRICS
-from nx_dagster.explain.tables import arrow_schema
+from nx_dagster.explain.scoring import CONSTANT_TRUTH, METRICS, MIN_SUCCEEDED
+from nx_dagster.explain.records import Explanation
+from nx_dagster.explain.tables import arrow_schema, rows_to_table
 
 _TOP, _RANDOM, _CAL = 0, 1, 2
 _KEYS = ("explanation_id", "gelu_variant", "simulator", "simulator_model")
@@ -182,21 +185,24 @@ def score_simulations(simulations: pa.Table, explanation_variants: Mapping[str, 
         row_ab[at] = _abs_dev(t, s, lengths, a[group[at]], b[group[at]])
     ab = np.bincount(group[valid_rows], weights=row_ab[valid_rows], minlength=n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
-        truth_zero = v["abs_t"] == 0
-        metrics["rsquared"] = np.where(truth_zero, np.nan, 1 - np.maximum(sq, 0.0) / v["tt"])
-        metrics["absolute_dev_explained"] = np.where(truth_zero, np.nan, 1 - ab / v["abs_t"])
-    return _assemble(tbl, group, n_groups, ok, metrics, calibrated, (valid, top, rand), explanation_variants)
+        truth_constant = (v["n"] == 0) | _constant(v, "t")  # any constant: nothing to explain
+        metrics["rsquared"] = np.where(truth_constant, np.nan, 1 - np.maximum(sq, 0.0) / v["tt"])
+        metrics["absolute_dev_explained"] = np.where(truth_constant, np.nan, 1 - ab / v["abs_t"])
+    rows = np.bincount(cell, minlength=n_groups * 3).reshape(-1, 3)
+    fails = np.bincount(cell, weights=~ok, minlength=n_groups * 3).reshape(-1, 3)
+    short = ((rows > 0) & (rows - fails < MIN_SUCCEEDED * rows)).any(axis=1)
+    return _assemble(tbl, group, n_groups, ok, short, metrics, (valid, top, rand), explanation_variants)
 
 
-def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, metrics: dict[str, np.ndarray],
-              calibrated: np.ndarray, subsets: tuple, variants: Mapping[str, str] | None) -> pa.Table:
+def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, short: np.ndarray,
+              metrics: dict[str, np.ndarray], subsets: tuple, variants: Mapping[str, str] | None) -> pa.Table:
     _, first = np.unique(group, return_index=True)
     head = tbl.select([c for c in ("explanation_id", "model", "layer", "neuron", "gelu_variant", "simulator",
                                    "simulator_model", "explanation_gelu_variant") if c in tbl.column_names]).take(first)
     n_rows = np.bincount(group, minlength=n_groups)
     n_failed = np.bincount(group, weights=~ok, minlength=n_groups).astype(np.int64)
     n_tokens = np.bincount(group, weights=pc.list_value_length(tbl.column("true_activations")).fill_null(0)
-                           .to_numpy() * ~pc.equal(tbl.column("split"), "calibration").to_numpy(zero_copy_only=False),
+                           .to_numpy() * ok * ~pc.equal(tbl.column("split"), "calibration").to_numpy(zero_copy_only=False),
                            minlength=n_groups).astype(np.int64)
     reasons: list[str | None] = [None] * n_groups
     failed_first = {}
@@ -207,15 +213,16 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, m
             failed_first[int(group[row])] = why or "simulation length differs from the sequence"
     names = list(metrics)
     nan = {k: np.isnan(v) for k, v in metrics.items()}
-    for g in np.flatnonzero(np.logical_or.reduce([nan[k] for k in names]) | (n_failed > 0)):
-        if n_failed[g]:
+    for g in np.flatnonzero(np.logical_or.reduce([nan[k] for k in names]) | short):
+        if short[g]:
             reasons[g] = f"simulation failed for {n_failed[g]} of {n_rows[g]} sequences: {failed_first[g]}"
             continue
         why = [f"{k}: undefined ({_why(c, g)})" for k, c in zip(names[:3], subsets) if nan[k][g]]
         if nan["rsquared"][g] or nan["absolute_dev_explained"][g]:
-            why.append("rsquared, absolute_dev_explained: undefined (true activations are all 0 or absent)")
+            why.append(CONSTANT_TRUTH if subsets[0]["n"][g] else
+                       "rsquared, absolute_dev_explained: undefined (no tokens)")
         reasons[g] = "; ".join(why)
-    failed = n_failed > 0
+    failed = short
     cols = {c: head.column(c) for c in head.column_names}
     # the simulations' own explanation_gelu_variant where stored, else the mapping
     ids = head.column("explanation_id").to_pylist()
@@ -224,9 +231,24 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, m
                                                  for i, v in zip(ids, stored)], pa.string())
     for k in METRICS:
         cols[k] = pa.array(metrics[k], mask=nan[k] | failed)
-    cols["calibrated_rsquared"] = pa.array(metrics["rsquared"], mask=nan["rsquared"] | failed | ~calibrated)
+    cols["calibrated_rsquared"] = pa.nulls(n_groups, pa.float64())  # deprecated: see scoring.py
     cols["n_tokens"] = pa.array(n_tokens)
+    cols["n_sequences"], cols["n_failed_sequences"] = pa.array(n_rows.astype(np.int64)), pa.array(n_failed)
     cols["failure_reason"] = pa.array(reasons, pa.string())
     schema = arrow_schema("scores")
     return pa.table({f.name: (cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n_groups, f.type))
                      for f in schema}, schema=schema)
+
+
+def unscored_rows(explanations: Sequence[Explanation], scores: pa.Table, scored_variant: str, simulator: str,
+                  simulator_model: str | None) -> pa.Table:
+    """A scores row with NULL metrics and a reason for each explanation that has no row in `scores`
+    (no valid or calibration records of the scored variant for its neuron), so none vanishes."""
+    have = set(scores.column("explanation_id").to_pylist())
+    rows = [dict(explanation_id=e.explanation_id, model=e.model, layer=e.layer, neuron=e.neuron,
+                 explanation_gelu_variant=e.gelu_variant, gelu_variant=scored_variant, simulator=simulator,
+                 simulator_model=simulator_model, n_tokens=0, n_sequences=0, n_failed_sequences=0,
+                 failure_reason=f"no valid or calibration records of this neuron in the {scored_variant} "
+                                "activations: nothing to simulate")
+            for e in explanations if e.explanation_id not in have]
+    return rows_to_table("scores", rows)

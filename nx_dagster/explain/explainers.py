@@ -7,7 +7,8 @@
   reply's `Explanation:` line; `n_candidates` > 1 asks for several choices (temperature 1).
 
 A neuron that cannot be explained (no train records, no positive activation, a failed call, a refusal,
-an unparseable or truncated reply) gets `explanation=None` and a `failure_reason`.
+an unparseable or truncated reply) gets `explanation=None` and a `failure_reason`. A reply of which no
+candidate parses is marked `unusable` in the ledger and re-asked first (`LLMClient.map_usable`).
 """
 
 from __future__ import annotations
@@ -97,17 +98,24 @@ def parse_explanation(choice: dict | None) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _from_result(neuron: NeuronRecords, model: str, n: int, result: LLMResult) -> list[Explanation]:
+def _candidates(result: LLMResult, n: int) -> list[tuple[str | None, str | None]]:
+    choices = sorted((result.response or {}).get("choices") or [], key=lambda c: c.get("index", 0))
+    return [parse_explanation(choices[i] if i < len(choices) else None) for i in range(n)]
+
+
+def _usable(result: LLMResult, n: int) -> tuple[None, str | None]:
+    """The map_usable check: a reply is unusable when none of its n candidates parses."""
+    parsed = _candidates(result, n)
+    return None, None if any(text is not None for text, _ in parsed) else parsed[0][1]
+
+
+def _from_result(neuron: NeuronRecords, model: str, n: int, result: LLMResult, failure: str | None) -> list[Explanation]:
     if not result.ok:
-        reason = f"LLM call failed ({result.status}): {result.error}"
+        reason = failure if result.status == "unusable" else f"LLM call failed ({result.status}): {failure}"
         return [_explanation(neuron, TOKEN_ACTIVATION_PAIRS, model, EXPLAIN_PROMPT_VERSION, i, None, reason)
                 for i in range(n)]
-    choices = sorted((result.response or {}).get("choices") or [], key=lambda c: c.get("index", 0))
-    out = []
-    for i in range(n):
-        text, failure = parse_explanation(choices[i] if i < len(choices) else None)
-        out.append(_explanation(neuron, TOKEN_ACTIVATION_PAIRS, model, EXPLAIN_PROMPT_VERSION, i, text, failure))
-    return out
+    return [_explanation(neuron, TOKEN_ACTIVATION_PAIRS, model, EXPLAIN_PROMPT_VERSION, i, text, why)
+            for i, (text, why) in enumerate(_candidates(result, n))]
 
 
 def explain_neurons(neurons: Sequence[NeuronRecords], explainer: str = TOKEN_LOOKUP,
@@ -128,14 +136,15 @@ def explain_neurons(neurons: Sequence[NeuronRecords], explainer: str = TOKEN_LOO
             slots.append(len(requests) - 1)
         except ValueError as e:
             slots.append(str(e) if n.select(EXPLAIN_SPLIT, "top") else "no train records to explain from")
-    results = client.map(requests)
+    results = client.map_usable(requests, lambda i, res: _usable(res, n_candidates))
     out: list[Explanation] = []
     for n, slot in zip(neurons, slots):
         if isinstance(slot, str):
             out += [_explanation(n, TOKEN_ACTIVATION_PAIRS, model, EXPLAIN_PROMPT_VERSION, i, None, slot)
                     for i in range(n_candidates)]
         else:
-            out += _from_result(n, model, n_candidates, results[slot])
+            result, _, failure = results[slot]
+            out += _from_result(n, model, n_candidates, result, failure)
     log.info("explained %d neurons with %s: %d failures", len(neurons), explainer,
              sum(e.explanation is None for e in out))
     return out

@@ -4,10 +4,19 @@ A call is keyed by the sha256 of (endpoint base URL without credentials, request
 request parameter including the messages or prompt). The ledger is an SQLite file in WAL mode under
 NX_HOME (`llm_ledger.sqlite`, or `NX_LLM_LEDGER`); each call is committed as soon as it returns, so a
 killed run keeps every answer it received (a process kill loses nothing; only an OS crash could lose the
-last commits). One row per key: a later outcome of the same call replaces the earlier one.
+last commits). One row per key: a later outcome of the same call replaces the earlier one. A re-ask of
+an unusable reply is another call: its key also hashes the attempt number (`call_key(..., attempt)`),
+so every paid reply keeps its own row.
 
 Statuses and what a rerun does with them:
-- `ok`        — answered; never sent again (the reply is read back from here).
+- `pending`   — written just before the request is sent; still there only if the process died while
+                the call was in flight: the endpoint may have answered (and billed) it. Resent on rerun
+                (the HTTP API has no idempotency key, so such a call may be paid twice, never more).
+- `ok`        — answered and usable; never sent again (the reply is read back from here).
+- `unusable`  — answered with HTTP 200 (paid) but unusable: a non-JSON body, no choices, or a reply the
+                caller could not parse (wrong number of values, refusal, out of range...). Not resent
+                under its key; the caller may re-ask with the next attempt number, a bounded number of
+                times per run.
 - `rejected`  — a non-retryable 4xx other than auth (400, 404, 422...): the same request would be
                 rejected again, so it is not resent; the failure is reported from here.
 - `auth_error`— 401/403: the run stopped; resent on rerun (the key may have been fixed).
@@ -31,7 +40,9 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 
 OK, REJECTED, AUTH_ERROR, TRANSIENT = "ok", "rejected", "auth_error", "transient"
-FINAL_STATUSES = (OK, REJECTED)  # outcomes a rerun reuses instead of sending again
+PENDING, UNUSABLE = "pending", "unusable"
+STATUSES = (PENDING, OK, UNUSABLE, REJECTED, AUTH_ERROR, TRANSIENT)
+FINAL_STATUSES = (OK, UNUSABLE, REJECTED)  # outcomes a rerun reuses instead of sending the same key again
 
 _COLUMNS = ["call_key", "endpoint", "model", "kind", "request_json", "response_json", "status", "http_status",
             "error", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "created_at"]
@@ -65,9 +76,12 @@ def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
     return text
 
 
-def call_key(endpoint: str, kind: str, model: str, params: dict) -> str:
-    blob = json.dumps({"endpoint": sanitize_url(endpoint), "kind": kind, "model": model, "params": params},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def call_key(endpoint: str, kind: str, model: str, params: dict, attempt: int = 0) -> str:
+    """sha256 of the call; `attempt` > 0 (a re-ask of the same request) makes a key of its own."""
+    ident = {"endpoint": sanitize_url(endpoint), "kind": kind, "model": model, "params": params}
+    if attempt:
+        ident["attempt"] = attempt
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -132,6 +146,14 @@ class Ledger:
         with self._lock:
             self._con.execute(f"INSERT OR REPLACE INTO calls VALUES ({', '.join('?' * len(_COLUMNS))})", values)
 
+    def mark_unusable(self, key: str, reason: str) -> bool:
+        """An `ok` reply the caller could not use becomes `unusable`, with the reason as its error.
+        Returns whether a row changed (False when it was already marked)."""
+        with self._lock:
+            cur = self._con.execute("UPDATE calls SET status = ?, error = ? WHERE call_key = ? AND status = ?",
+                                    [UNUSABLE, reason, key, OK])
+            return cur.rowcount > 0
+
     def entries(self, keys: Sequence[str] | None = None) -> list[LedgerEntry]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM calls"
         with self._lock:
@@ -155,13 +177,13 @@ class Ledger:
     def summary(self, keys: Sequence[str] | None = None) -> dict[str, float | int]:
         """Calls, outcomes, tokens and cost of the given calls (all by default), for run metadata."""
         entries = self.entries(keys)
-        out: dict[str, float | int] = {"calls": len(entries), OK: 0, REJECTED: 0, AUTH_ERROR: 0, TRANSIENT: 0}
+        out: dict[str, float | int] = {"calls": len(entries), **{s: 0 for s in STATUSES}}
         for e in entries:
             out[e.status] = out.get(e.status, 0) + 1
         out["prompt_tokens"] = sum(e.prompt_tokens or 0 for e in entries)
         out["completion_tokens"] = sum(e.completion_tokens or 0 for e in entries)
         out["cost_usd"] = round(sum(e.cost_usd or 0.0 for e in entries), 6)
-        out["calls_without_price"] = sum(e.status == OK and e.cost_usd is None for e in entries)
+        out["calls_without_price"] = sum(e.status in (OK, UNUSABLE) and e.cost_usd is None for e in entries)
         return out
 
     def to_arrow(self, keys: Sequence[str] | None = None) -> pa.Table:

@@ -8,9 +8,17 @@ sequence), t = true activations, s = simulated expected values (0–10 scale):
   (top + random), as in the original method; a = cov(t, s)/var(s), or 0 when s is constant there.
   With `calibrate=False`, or no calibration records, p = s.
 - `rsquared` = 1 − mean((t − p)²)/mean(t²); `absolute_dev_explained` = 1 − mean(|t − p|)/mean(|t|).
-- `calibrated_rsquared` = `rsquared` when p was calibrated, NULL when it was not.
-A metric that is undefined (a constant series, no tokens, all-zero truth) is NULL and `failure_reason`
-names it; a failed simulation of any valid or calibration sequence makes every metric NULL.
+  Both are NULL when t is constant over the valid split (any constant, 0 included): a constant neuron
+  has nothing to explain, and a constant p would otherwise score 1.0 whatever the explanation says.
+- `calibrated_rsquared` is always NULL: it used to repeat `rsquared` (which is already of the calibrated
+  simulation); the column stays in the SQL contract, deprecated.
+A metric that is undefined (a constant series, no tokens) is NULL and `failure_reason` names it.
+
+Failed sequences: the metrics are computed from the sequences that succeeded when at least
+`MIN_SUCCEEDED` (80 %) of the sequences of each of valid-top, valid-random and calibration succeeded
+(so a group of 4 or fewer may lose none); otherwise every metric is NULL and `failure_reason` says how
+many failed and why the first did. `n_sequences` / `n_failed_sequences` count the valid and calibration
+sequences and the failed ones; `n_tokens` counts the valid tokens the metrics were computed from.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Sequence
 import numpy as np
 
 METRICS = ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "absolute_dev_explained")
+MIN_SUCCEEDED = 0.8  # share of each group's sequences (valid-top, valid-random, calibration) that must succeed
+CONSTANT_TRUTH = "rsquared, absolute_dev_explained: undefined (true activations are constant)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,8 @@ class Score:
     calibrated_rsquared: float | None
     n_tokens: int
     failure_reason: str | None
+    n_sequences: int = 0
+    n_failed_sequences: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,16 +89,28 @@ def _concat(seqs: Sequence[ScoredSequence], attr: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _failed(q: ScoredSequence) -> bool:
+    return q.expected is None or bool(q.failure_reason) or len(q.expected) != len(q.true)
+
+
+def too_few_succeeded(n: int, n_failed: int) -> bool:
+    """Whether a group of n sequences with n_failed failures is below MIN_SUCCEEDED."""
+    return n > 0 and (n - n_failed) < MIN_SUCCEEDED * n
+
+
 def score_sequences(sequences: Sequence[ScoredSequence], calibrate: bool = True) -> Score:
     """Score one explanation from its simulated valid (and calibration) sequences. Others are ignored."""
     valid = [q for q in sequences if q.split == "valid" and q.kind in ("top", "random")]
     cal = [q for q in sequences if q.split == "calibration" and q.kind in ("top", "random")]
+    failed = [q for q in valid + cal if _failed(q)]
+    counts = (len(valid) + len(cal), len(failed))
+    groups = ([q for q in valid if q.kind == "top"], [q for q in valid if q.kind == "random"], cal)
+    valid, cal = [q for q in valid if not _failed(q)], [q for q in cal if not _failed(q)]
     n_tokens = int(sum(len(q.true) for q in valid))
-    failed = [q for q in valid + cal if q.expected is None or q.failure_reason or len(q.expected) != len(q.true)]
-    if failed:
+    if any(too_few_succeeded(len(g), sum(map(_failed, g))) for g in groups):
         first = failed[0].failure_reason or "simulation length differs from the sequence"
-        reason = f"simulation failed for {len(failed)} of {len(valid) + len(cal)} sequences: {first}"
-        return Score(None, None, None, None, None, None, n_tokens, reason)
+        reason = f"simulation failed for {len(failed)} of {counts[0]} sequences: {first}"
+        return Score(None, None, None, None, None, None, n_tokens, reason, *counts)
     t, s = _concat(valid, "true"), _concat(valid, "expected")
     values: dict[str, float] = {}
     reasons: list[str] = []
@@ -100,13 +124,13 @@ def score_sequences(sequences: Sequence[ScoredSequence], calibrate: bool = True)
     calibrated = calibrate and len(cal) > 0 and sum(len(q.true) for q in cal) > 0
     a, b = fit_calibration(_concat(cal, "true"), _concat(cal, "expected")) if calibrated else (1.0, 0.0)
     p = a * s + b
-    if t.size == 0 or not np.any(t != 0):
+    if t.size == 0 or t.max() == t.min():
         values["rsquared"] = values["absolute_dev_explained"] = float("nan")
-        reasons.append("rsquared, absolute_dev_explained: undefined (true activations are all 0 or absent)")
+        reasons.append(CONSTANT_TRUTH if t.size else "rsquared, absolute_dev_explained: undefined (no tokens)")
     else:
         values["rsquared"] = float(1 - np.mean((t - p) ** 2) / np.mean(t ** 2))
         values["absolute_dev_explained"] = float(1 - np.mean(np.abs(t - p)) / np.mean(np.abs(t)))
     clean = {k: (None if np.isnan(v) else v) for k, v in values.items()}
     return Score(clean["ev_correlation"], clean["ev_correlation_top"], clean["ev_correlation_random"],
-                 clean["rsquared"], clean["absolute_dev_explained"], clean["rsquared"] if calibrated else None,
-                 n_tokens, "; ".join(reasons) or None)
+                 clean["rsquared"], clean["absolute_dev_explained"], None, n_tokens, "; ".join(reasons) or None,
+                 *counts)

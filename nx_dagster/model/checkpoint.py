@@ -7,7 +7,6 @@ be wrong with them is reported as an `NxInputError` before any table is touched.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain import (
-    Ledger, LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
+    LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
     neuron_records_from_arrow, pair_by_neuron, score_simulations, simulate, simulations_table, sync_ledger,
 )
+from nx_dagster.explain.batch_scoring import unscored_rows
 from nx_dagster.storage import Catalog
 
 log = logging.getLogger(__name__)
-
-
-def ledger_for(catalog: Catalog) -> Ledger:
-    return Ledger(Path(catalog.home) / "llm_ledger.sqlite")
 
 
 def _in(col: str, values: list[int]) -> str:
@@ -99,6 +95,8 @@ def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant:
     sims = simulations_table(simulate(pair_by_neuron(expls, records), simulator, client))
     sims = _with(sims, "explainer", pa.array([explainer] * sims.num_rows, pa.string()))
     scores = score_simulations(sims, explanation_variants(expls))
+    model_used = sims.column("simulator_model")[0].as_py() if sims.num_rows else None
+    scores = pa.concat_tables([scores, unscored_rows(expls, scores, scored_variant, simulator, model_used)])
     scores = _with(scores, "explainer", pa.array([explainer] * scores.num_rows, pa.string()))
     keys = {"model": model, "gelu_variant": scored_variant, "explanation_gelu_variant": explanation_variant,
             "layer": layers, "explainer": explainer, "simulator": simulator}

@@ -44,7 +44,8 @@ TABLES: dict[str, str] = {
         explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, explanation_gelu_variant VARCHAR,
         gelu_variant VARCHAR, explainer VARCHAR, simulator VARCHAR, simulator_model VARCHAR, ev_correlation DOUBLE,
         ev_correlation_top DOUBLE, ev_correlation_random DOUBLE, rsquared DOUBLE, absolute_dev_explained DOUBLE,
-        calibrated_rsquared DOUBLE, n_tokens BIGINT, failure_reason VARCHAR""",
+        calibrated_rsquared DOUBLE, n_tokens BIGINT, failure_reason VARCHAR, n_sequences BIGINT,
+        n_failed_sequences BIGINT""",
     "llm_calls": """
         call_key VARCHAR, endpoint VARCHAR, model VARCHAR, kind VARCHAR, request_json VARCHAR,
         response_json VARCHAR, status VARCHAR, http_status INTEGER, error VARCHAR, prompt_tokens BIGINT,
