@@ -82,6 +82,10 @@ def cmd_run(args) -> int:
     definitions = defs()
     all_assets = list(definitions.assets)
     instance = _instance()
+    from nx_dagster import runs
+
+    runs.sweep(instance)  # a killed earlier run must not hold its pool slot: fail it, free its slots
+    worker = runs.worker_tags()
     llm = definitions.resources["llm"].model_copy(update={
         k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
                           ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model)) if v})
@@ -94,7 +98,8 @@ def cmd_run(args) -> int:
                                         f"{kw['tags']['dagster/asset_partition_range_end']})" if "tags" in kw else "")
         print(f"nxd: materializing {label}", file=sys.stderr, flush=True)
         result = dg.materialize(all_assets, selection=selection, instance=instance, resources=resources,
-                                run_config=kw.pop("run_config", run_config), raise_on_error=False, **kw)
+                                run_config=kw.pop("run_config", run_config), raise_on_error=False,
+                                tags={**worker, **kw.pop("tags", {})}, **kw)
         if not result.success:
             raise SystemExit(f"nxd: run {result.run_id} failed ({label}); see the Dagster UI or the log above")
         print(f"nxd: done {label} (run {result.run_id})", file=sys.stderr, flush=True)
@@ -156,17 +161,28 @@ def cmd_sql(args) -> int:
             ) from None
         if rel is None:
             return 0
-        if args.format == "table":
-            rel.show(max_rows=args.max_rows, max_width=200)
-        elif args.format == "csv":
-            import pyarrow.csv as pacsv
+        from nx_dagster.storage import output
 
-            pacsv.write_csv(rel.fetch_arrow_table(), sys.stdout.buffer)
-        else:
-            cols = rel.columns
-            rows = [dict(zip(cols, r)) for r in rel.fetchall()]
-            json.dump(rows, sys.stdout, default=str)
-            sys.stdout.write("\n")
+        try:
+            cat._retry(lambda: output.write(rel, args.format, args.max_rows))
+        except ValueError as e:
+            raise _input_error(f"query {args.query!r}", str(e), "alias the duplicate columns, or use --format table") from None
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from nx_dagster.storage import Catalog
+    from nx_dagster.storage.cleanup import collect
+
+    cat = Catalog(args.home or None)
+    if not cat.catalog_path.is_file():
+        raise _input_error(f"NX_HOME {str(cat.home)!r}", "holds no catalog", "point NX_HOME (or --home) at a data root")
+    found = collect(cat, apply=args.apply)
+    for path, size in found:
+        print(f"{'removed' if args.apply else 'would remove'} {path} ({size:,} bytes)")
+    total = sum(size for _, size in found)
+    verb = "removed" if args.apply else "can be removed (run with --apply)"
+    print(f"nxd: {len(found)} unreferenced files/folders, {total:,} bytes {verb}", file=sys.stderr)
     return 0
 
 
@@ -198,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--home", help="NX_HOME (default ./nx_data)")
     q.add_argument("--max-rows", type=int, default=40)
     q.set_defaults(fn=cmd_sql)
+    g = sub.add_parser("gc", help="list (or --apply: remove) files under NX_HOME that no snapshot references")
+    g.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    g.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
+    g.set_defaults(fn=cmd_gc)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nx_dagster.errors import NxInputError
