@@ -61,7 +61,8 @@ def wait_seconds() -> float:
 
 
 def _is_disk_full(e: BaseException) -> bool:
-    return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in str(e).lower()
+    text = str(e).lower()
+    return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in text or "disk is full" in text
 
 
 def home_from_env() -> str:
