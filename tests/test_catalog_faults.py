@@ -36,6 +36,7 @@ def _writer(home: str, writer: int, barrier) -> None:
         cat.query("SELECT count(*) FROM neuron_stats")  # readers attach while others commit
 
 
+@pytest.mark.slow
 def test_more_writers_than_cores_on_a_busy_machine_all_land(tmp_path):
     Catalog(tmp_path).connect().close()
     ctx = mp.get_context("spawn")

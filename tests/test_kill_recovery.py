@@ -23,6 +23,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from nx_dagster.storage import Catalog
+from nx_dagster.storage.cleanup import collect
 from nx_dagster.storage.schema import TABLES
 from tests.checkpoints import build_checkpoint
 
@@ -79,8 +80,8 @@ def step_started(instance, step: str, holds_slot: bool = True):
 
 
 def staging(home: Path):
-    """Ready once a Parquet file is staged for a commit."""
-    return lambda n: any((home / "staging").glob("*/*.parquet"))
+    """Ready once this process has staged a Parquet file for a commit (folders are named `<pid>-...`)."""
+    return lambda n: any((home / "staging").glob(f"{n.proc.pid}-*/*.parquet"))
 
 
 def digests(home: Path) -> dict[str, tuple[int, str]]:
@@ -140,8 +141,12 @@ def test_rerun_after_kills_finishes_with_the_same_tables(tmp_path):
         failed = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
         assert len(failed) == len(kills)  # each kill left one unfinished run: all are marked failed
         assert not instance.event_log_storage.get_concurrency_run_ids()  # no slot or pending step is held
-    assert digests(home) == digests(Path(clean_env["NX_HOME"]))
-    print(f"{len(kills)} kills survived ({killed_s:.0f} s of killed runs); rerun finished in {rerun_s:.0f} s")
+    expected = digests(Path(clean_env["NX_HOME"]))
+    assert digests(home) == expected
+    leftovers = collect(Catalog(home), apply=True)  # what the kills left (staging folders): nothing referenced
+    assert digests(home) == expected and not collect(Catalog(home))
+    print(f"{len(kills)} kills survived ({killed_s:.0f} s of killed runs); rerun finished in {rerun_s:.0f} s; "
+          f"nxd gc removed {len(leftovers)} leftovers")
 
 
 def _open(dagster_home: str):
