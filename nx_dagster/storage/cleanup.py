@@ -69,15 +69,17 @@ def collect(catalog: "Catalog", apply: bool = False) -> list[tuple[str, int]]:
     if `apply`. Holds the writer lock, so a transaction in progress (whose files are not referenced
     yet) is never touched."""
     found: list[tuple[str, int]] = []
-    with catalog._writer_lock():
-        if catalog.catalog_path.is_file():
-            with catalog.session() as con:
-                orphans = catalog._retry(lambda: con.execute(
-                    "CALL ducklake_delete_orphaned_files('nx', dry_run => true, cleanup_all => true)").fetchall())
-                found += [(r[0], _size(Path(r[0]))) for r in orphans]
-                if apply and orphans:
-                    catalog._retry(lambda: con.execute(
-                        "CALL ducklake_delete_orphaned_files('nx', dry_run => false, cleanup_all => true)").fetchall())
+    with contextlib.ExitStack() as stack:
+        # connect before locking: connecting may create missing tables, which takes the lock itself
+        con = stack.enter_context(catalog.session()) if catalog.catalog_path.is_file() else None
+        stack.enter_context(catalog._writer_lock())
+        if con is not None:
+            orphans = catalog._retry(lambda: con.execute(
+                "CALL ducklake_delete_orphaned_files('nx', dry_run => true, cleanup_all => true)").fetchall())
+            found += [(r[0], _size(Path(r[0]))) for r in orphans]
+            if apply and orphans:
+                catalog._retry(lambda: con.execute(
+                    "CALL ducklake_delete_orphaned_files('nx', dry_run => false, cleanup_all => true)").fetchall())
         staging = catalog.home / "staging"
         leftovers = [p for p in staging.iterdir() if _dead(p.name)] if staging.is_dir() else []
         leftovers += [p for p in catalog.home.glob(".write-probe-*") if _dead(p.name)]
