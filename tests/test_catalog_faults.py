@@ -84,6 +84,40 @@ def test_a_writer_waits_up_to_the_bound_then_names_it(tmp_path, monkeypatch):
         cat.replace("neuron_stats", stats_rows(0, 4, 4.0), keys)
 
 
+@pytest.mark.slow
+def test_readers_and_writers_wait_out_a_long_commit(tmp_path, monkeypatch):
+    """Another process holds the catalog database itself (as a long commit does): within the bound
+    readers and writers wait and succeed; past it they fail with CatalogBusy, not "database is locked".
+    (Each attempt already waits ~5 s in SQLite's busy handler before "database is locked".)"""
+    cat = Catalog(tmp_path)
+    keys = {"model": "m", "gelu_variant": "post_fix", "layer": 0}
+    cat.replace("neuron_stats", stats_rows(0, 4, 1.0), keys)
+    hold = textwrap.dedent(f"""
+        import sqlite3, time
+        con = sqlite3.connect({str(cat.catalog_path)!r}, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        print("holding", flush=True)
+        time.sleep(float(__import__("sys").argv[1]))
+        con.execute("COMMIT")
+    """)
+    monkeypatch.setenv("NX_CATALOG_WAIT_S", "1")
+    holder = subprocess.Popen([sys.executable, "-c", hold, "16"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    with pytest.raises(CatalogBusy, match="NX_CATALOG_WAIT_S=1"):
+        cat.replace("neuron_stats", stats_rows(0, 4, 2.0), keys)
+    with pytest.raises(CatalogBusy, match="NX_CATALOG_WAIT_S=1"):
+        cat.query("SELECT count(*) FROM neuron_stats")
+    assert holder.wait(30) == 0
+    monkeypatch.setenv("NX_CATALOG_WAIT_S", "60")
+    holder = subprocess.Popen([sys.executable, "-c", hold, "12"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    t0 = time.monotonic()
+    cat.replace("neuron_stats", stats_rows(0, 4, 3.0), keys)
+    assert cat.query("SELECT DISTINCT mean FROM neuron_stats").column(0).to_pylist() == [3.0]
+    assert time.monotonic() - t0 > 5  # it did wait for the holder
+    assert holder.wait(30) == 0
+
+
 @pytest.fixture()
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
