@@ -1,9 +1,8 @@
-"""`nxd`: run the pipeline through the Dagster instance, and query the catalog in SQL."""
+"""`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, collect unreferenced files."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
