@@ -31,6 +31,12 @@ telemetry:
 concurrency:
   pools:
     default_limit: 1  # one step at a time per pool: "compute" (forward passes), "llm", "catalog"
+# For `nxd ui` (dagster dev) and a dagster-daemon; `nxd run` sweeps runs whose process is gone itself.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  free_slots_after_run_end_seconds: 60
 """
 
 

@@ -1,9 +1,8 @@
-"""`nxd`: run the pipeline through the Dagster instance, and query the catalog in SQL."""
+"""`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, collect unreferenced files."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -61,6 +60,10 @@ def cmd_run(args) -> int:
     llm = _llm_resource(args, definitions.resources["llm"])
     llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
     instance = open_instance(nx.catalog)
+    from nx_dagster import runs
+
+    runs.sweep(instance)  # a killed earlier run must not hold its pool slot: fail it, free its slots
+    worker = runs.worker_tags()
     resources = {"nx": nx, "llm": llm}
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -71,7 +74,7 @@ def cmd_run(args) -> int:
         job = dg.Definitions(jobs=[dg.define_asset_job("nxd_run", selection=selection)], assets=all_assets,
                              resources=resources, loggers={"console": console_logger}).resolve_job_def("nxd_run")
         result = job.execute_in_process(run_config=kw.pop("run_config", run_config), instance=instance,
-                                        raise_on_error=False, **kw)
+                                        raise_on_error=False, tags={**worker, **kw.pop("tags", {})}, **kw)
         if not result.success:
             error = input_error_of(result)
             if error is not None:  # a failure the user can fix: the usual one line
@@ -156,17 +159,28 @@ def cmd_sql(args) -> int:
             ) from None
         if rel is None:
             return 0
-        if args.format == "table":
-            rel.show(max_rows=args.max_rows, max_width=200)
-        elif args.format == "csv":
-            import pyarrow.csv as pacsv
+        from nx_dagster.storage import output
 
-            pacsv.write_csv(rel.fetch_arrow_table(), sys.stdout.buffer)
-        else:
-            cols = rel.columns
-            rows = [dict(zip(cols, r)) for r in rel.fetchall()]
-            json.dump(rows, sys.stdout, default=str)
-            sys.stdout.write("\n")
+        try:
+            cat._retry(lambda: output.write(rel, args.format, args.max_rows))
+        except ValueError as e:
+            raise _input_error(f"query {args.query!r}", str(e), "alias the duplicate columns, or use --format table") from None
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from nx_dagster.storage import Catalog
+    from nx_dagster.storage.cleanup import collect
+
+    cat = Catalog(args.home or None)
+    if not cat.catalog_path.is_file():
+        raise _input_error(f"NX_HOME {str(cat.home)!r}", "holds no catalog", "point NX_HOME (or --home) at a data root")
+    found = collect(cat, apply=args.apply)
+    for path, size in found:
+        print(f"{'removed' if args.apply else 'would remove'} {path} ({size:,} bytes)")
+    total = sum(size for _, size in found)
+    verb = "removed" if args.apply else "can be removed (run with --apply)"
+    print(f"nxd: {len(found)} unreferenced files/folders, {total:,} bytes {verb}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--home", help="NX_HOME (default ./nx_data)")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(fn=cmd_ui)
+    g = sub.add_parser("gc", help="list (or --apply: remove) files under NX_HOME that no snapshot references")
+    g.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    g.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
+    g.set_defaults(fn=cmd_gc)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nx_dagster.errors import NxInputError

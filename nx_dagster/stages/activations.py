@@ -82,9 +82,9 @@ def sequence_batches(catalog: Catalog, model: str, corpus: str, batch_size: int
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stream (sequence ids, token ids) from the `sequences` table in id order."""
     with catalog.session() as con:
-        reader = con.execute(
+        reader = catalog._retry(lambda: con.execute(
             "SELECT sequence_id, token_ids FROM sequences WHERE model = ? AND corpus = ? ORDER BY sequence_id",
-            [model, corpus]).fetch_record_batch(batch_size)
+            [model, corpus]).fetch_record_batch(batch_size))
         for b in reader:
             if b.num_rows == 0:
                 continue

@@ -1,18 +1,21 @@
 """The lakehouse catalog: DuckLake over Parquet under NX_HOME, one snapshot per write.
 
 Layout of a local NX_HOME:  catalog.sqlite (the DuckLake metadata), data/ (Parquet files),
-.catalog.lock (serializes writers), root_id, .dagster/ (the root's Dagster run history). Data file paths are
-stored relative to data/, and every attach names the root's own data/ (OVERRIDE_DATA_PATH), so a data root
-can be moved, copied or mounted elsewhere (read-only too) and still answers; a copy never reads or writes
-the original. A SQLite-backed DuckLake admits one committing process at a time;
-writers take an exclusive file lock around their commit and retry on "database is locked", so several
-processes can write partitions at once and all of them land. Readers need no lock.
+.catalog.lock (serializes writers), staging/ (Parquet being prepared for a commit), root_id, .dagster/ (the
+root's Dagster run history). Data file paths are stored relative to data/, and every attach names the root's
+own data/ (OVERRIDE_DATA_PATH), so a data root can be moved, copied or mounted elsewhere (read-only too) and
+still answers; a copy never reads or writes the original. A SQLite-backed DuckLake admits one committing
+process at a time; writers take an exclusive file lock around their commit and retry on "database is
+locked", so several processes can write partitions at once and all of them land. Readers need no lock.
+Waiting (for the lock, and retrying) is bounded by NX_CATALOG_WAIT_S (`wait_seconds`); past it a writer
+fails with `CatalogBusy`, which names that setting. A write that fails removes what it created (staged and
+data files); `cleanup.collect` (`nxd gc`) finds and removes files that no snapshot references.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import logging
 import os
 import random
@@ -23,15 +26,45 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import duckdb
+import filelock
 import pyarrow as pa
 
+from nx_dagster import procs
 from nx_dagster.errors import NxInputError
+from nx_dagster.storage import cleanup
 from nx_dagster.storage.extensions import load_extension
 from nx_dagster.storage.schema import TABLES
 
 log = logging.getLogger(__name__)
 ALIAS = "nx"
 DEFAULT_HOME = "./nx_data"
+DEFAULT_WAIT_S = 600.0
+
+
+class CatalogBusy(NxInputError):
+    """Another writer held the catalog for longer than NX_CATALOG_WAIT_S."""
+
+
+class DiskFull(NxInputError):
+    """A write to NX_HOME failed with "No space left on device" (ENOSPC)."""
+
+
+def wait_seconds() -> float:
+    """NX_CATALOG_WAIT_S: how long a writer waits for its turn (lock + retries), in seconds."""
+    raw = os.environ.get("NX_CATALOG_WAIT_S", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_WAIT_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise NxInputError(f"NX_CATALOG_WAIT_S {raw!r}", "is not a number of seconds >= 0",
+                           f"set it to e.g. {DEFAULT_WAIT_S:g} (the default), or unset it")
+    return value
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    text = str(e).lower()
+    return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in text or "disk is full" in text
 
 
 def home_from_env() -> str:
@@ -74,16 +107,25 @@ class Catalog:
 
     def check_writable(self) -> None:
         """Fail early, before any computation, if NX_HOME cannot take writes."""
+        probe = self.home / f".write-probe-{os.getpid()}"
         try:
             self.data_path.mkdir(parents=True, exist_ok=True)
-            probe = self.home / f".write-probe-{os.getpid()}"
             probe.write_text("ok")
-            probe.unlink()
         except OSError as e:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+            if _is_disk_full(e):
+                raise self._disk_full(e) from e
             raise NxInputError(
                 f"NX_HOME {str(self.home)!r}", f"is not writable ({e.strerror or e})",
                 "point NX_HOME at a folder you can write to, or fix its permissions",
             ) from e
+        probe.unlink()
+
+    def _disk_full(self, e: BaseException) -> DiskFull:
+        return DiskFull(f"NX_HOME {str(self.home)!r}", "disk full (No space left on device); what this write "
+                        "created was removed", "free space on that disk (`nxd gc --apply` removes files no "
+                        "snapshot references) or point NX_HOME at a disk with room")
 
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the catalog attached as `nx` and selected, tables created.
@@ -108,8 +150,8 @@ class Catalog:
         con.execute(f"USE {ALIAS}")
         if read_only:
             return con
-        existing = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
+        existing = {r[0] for r in self._retry(lambda: con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall())}
         missing = [t for t in TABLES if t not in existing]
         if missing:
             with self._writer_lock():
@@ -127,23 +169,40 @@ class Catalog:
 
     @contextlib.contextmanager
     def _writer_lock(self):
+        """The exclusive writer lock (an OS file lock: it dies with its process), waited for at most
+        NX_CATALOG_WAIT_S; past that, CatalogBusy."""
         self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        wait = wait_seconds()
+        lock = filelock.FileLock(self.lock_path, timeout=wait)
+        try:
+            lock.acquire(poll_interval=0.05)
+        except filelock.Timeout:
+            raise self._busy(wait, "its writer lock") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
-    @staticmethod
-    def _retry(fn, attempts: int = 30):
-        for i in range(attempts):
+    def _busy(self, wait: float, what: str) -> CatalogBusy:
+        return CatalogBusy(f"catalog {str(self.catalog_path)!r}", f"other writers held {what} for more than "
+                           f"NX_CATALOG_WAIT_S={wait:g} s", "let the other runs finish, or raise NX_CATALOG_WAIT_S")
+
+    def _retry(self, fn):
+        """Call `fn`, retrying while SQLite says "database is locked" (another process is committing),
+        with jittered exponential backoff (50 ms doubling up to 2 s), for at most NX_CATALOG_WAIT_S."""
+        wait = wait_seconds()
+        deadline = time.monotonic() + wait
+        for i in range(1_000_000):
             try:
                 return fn()
             except duckdb.Error as e:
-                if not _is_locked_error(e) or i == attempts - 1:
+                if not _is_locked_error(e):
                     raise
-                time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
+                pause = min(2.0, 0.05 * 2 ** min(i, 6)) * (0.5 + random.random())
+                if time.monotonic() + pause > deadline:
+                    raise self._busy(wait, "the catalog database") from e
+                log.debug("catalog busy (%s); retry %d in %.2f s", e, i + 1, pause)
+                time.sleep(pause)
 
     def replace(
         self, table: str, rows: pa.Table | str | Iterable[pa.Table], keys: dict[str, object], message: str = "",
@@ -174,28 +233,45 @@ class Catalog:
             con = con or self.connect()
             try:
                 with self._writer_lock():
-                    return self._retry(lambda: self._commit(con, prepared, message))
+                    before = self._data_files()
+                    try:
+                        self._retry(lambda: self._commit(con, prepared, message, before))
+                    except BaseException as e:
+                        if _is_disk_full(e):
+                            raise self._disk_full(e) from e
+                        raise
+                    return self._retry(lambda: con.execute(
+                        f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
             finally:
                 if own:
                     con.close()
+
+    def _data_files(self) -> set[Path]:
+        return {p for p in self.data_path.rglob("*") if p.is_file()} if self.data_path.is_dir() else set()
 
     @contextlib.contextmanager
     def _staged(self, tables: Iterable[pa.Table]) -> Iterator[str]:
         import pyarrow.parquet as pq
 
-        folder = self.home / "staging" / uuid.uuid4().hex
+        me = procs.identity()
+        folder = self.home / "staging" / f"{me['pid']}-{me['start']}-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
             n = 0
             for i, t in enumerate(tables):
-                pq.write_table(t, folder / f"part-{i:06d}.parquet")
+                try:
+                    pq.write_table(t, folder / f"part-{i:06d}.parquet")
+                except OSError as e:
+                    if _is_disk_full(e):
+                        raise self._disk_full(e) from e
+                    raise
                 n += 1
             yield f"read_parquet('{folder}/*.parquet')" if n else ""
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    @staticmethod
-    def _commit(con, prepared, message) -> int:
+    def _commit(self, con, prepared, message, before) -> None:
+        """One transaction; if it fails, the data files it wrote (those not in `before`) are removed."""
         con.execute("BEGIN TRANSACTION")
         try:
             for table, rows, cond, params in prepared:
@@ -213,8 +289,8 @@ class Catalog:
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
+            cleanup.remove_unreferenced(self, self._data_files() - before)
             raise
-        return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
 
     def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
         with self.session() as con:
