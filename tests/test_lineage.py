@@ -277,3 +277,12 @@ def test_input_error_inside_a_run_is_one_line(ckpt, env, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith("nxd: error:")]
     assert code == 2 and len(lines) == 1 and "Stack Trace" not in err and "Traceback" not in err
     assert "do not exist yet" in lines[0] and "Fix: materialize the activations stage" in lines[0]
+
+
+def test_a_catalog_from_an_earlier_version_gains_the_new_columns(tmp_path):
+    cat = Catalog(tmp_path / "home")
+    with cat.session() as con:  # simulate a data root written before `failure_reason` existed
+        con.execute("ALTER TABLE scores DROP COLUMN failure_reason")
+        con.execute("INSERT INTO scores (explanation_id, layer) VALUES ('x1', 0)")
+    assert cat.query("SELECT explanation_id, failure_reason FROM scores").to_pylist() == [
+        {"explanation_id": "x1", "failure_reason": None}]

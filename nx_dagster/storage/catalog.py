@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import random
+import re
 import shutil
 import time
 import uuid
@@ -150,13 +151,22 @@ class Catalog:
         con.execute(f"USE {ALIAS}")
         if read_only:
             return con
-        existing = {r[0] for r in self._retry(lambda: con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall())}
+        existing: dict[str, set[str]] = {}
+        for table, column in self._retry(lambda: con.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_catalog = ?",
+                [ALIAS]).fetchall()):
+            existing.setdefault(table, set()).add(column)
         missing = [t for t in TABLES if t not in existing]
-        if missing:
+        # a catalog written by an earlier version lacks the columns added since: add them (NULL in old rows)
+        added = [(t, name, sql_type) for t in TABLES if t in existing
+                 for name, sql_type in _columns(TABLES[t]) if name not in existing[t]]
+        if missing or added:
             with self._writer_lock():
                 for t in missing:
                     self._retry(lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({TABLES[t]})"))
+                for t, name, sql_type in added:
+                    self._retry(lambda t=t, n=name, ty=sql_type: con.execute(
+                        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {n} {ty}"))
         return con
 
     @contextlib.contextmanager
@@ -295,6 +305,11 @@ class Catalog:
     def query(self, sql: str, params: Sequence | None = None) -> pa.Table:
         with self.session() as con:
             return self._retry(lambda: con.execute(sql, params or []).fetch_arrow_table())
+
+
+def _columns(ddl: str) -> list[tuple[str, str]]:
+    """(name, SQL type) of each column of a table's DDL (commas inside [] belong to the type)."""
+    return [tuple(col.strip().split(None, 1)) for col in re.split(r",(?![^\[]*\])", ddl)]
 
 
 def _where(keys: dict[str, object]) -> tuple[str, list]:
