@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -211,3 +212,22 @@ def test_scores_recomputed_from_stored_simulations_in_sql(tmp_path):
 
 def test_empty_simulations_give_empty_scores():
     assert score_simulations(rows_to_table("simulations", [])).num_rows == 0
+
+
+def test_explanations_without_records_get_a_null_score_with_a_reason():
+    from nx_dagster.explain import explain_neurons, pair_by_neuron, simulate, simulations_table
+    from nx_dagster.explain.batch_scoring import unscored_rows
+    from tests.llm_server import demo_neurons
+
+    neurons = demo_neurons(3)
+    expls = explain_neurons(neurons)
+    only_train = dataclasses.replace(neurons[2], records=[r for r in neurons[2].records if r.split == "train"])
+    records = [neurons[0], only_train]  # neuron 1 has no records of the scored variant at all
+    scores = score_simulations(simulations_table(simulate(pair_by_neuron(expls, records))))
+    scores = pa.concat_tables([scores, unscored_rows(expls, scores, "post_fix", "token_lookup", None)])
+    rows = {r["neuron"]: r for r in scores.to_pylist()}
+    assert sorted(rows) == [0, 1, 2] and rows[0]["ev_correlation"] is not None
+    for n in (1, 2):
+        assert rows[n]["ev_correlation"] is None and rows[n]["rsquared"] is None
+        assert "no valid or calibration records" in rows[n]["failure_reason"]
+        assert rows[n]["explanation_id"] == expls[n].explanation_id and rows[n]["n_sequences"] == 0
