@@ -15,16 +15,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    root = tmp_path_factory.mktemp("main")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NX_HOME", str(root / "nx_data"))
-    mp.setenv("DAGSTER_HOME", str(root))
-    for var in ("NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        mp.delenv(var, raising=False)
-    assert main(["run", "--max-sequences", "320"]) == 0
-    yield root / "nx_data"
-    mp.undo()
+def home(bundled_run):
+    return bundled_run / "nx_data"
 
 
 def test_every_stage_for_every_neuron_in_both_lineages(home):

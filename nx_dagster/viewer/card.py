@@ -77,7 +77,7 @@ def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tupl
     out += ["", st.bold("Explanations and scores")]
     for v in VARIANTS:
         e = view.explanation(v)
-        text = "—" if e is None else (repr(e["explanation"]) if e["explanation"] is not None
+        text = "—" if e is None else (f"“{e['explanation']}”" if e["explanation"] is not None
                                       else f"NULL ({e['failure_reason']})")
         who = "" if e is None else f"  [{e['explainer']}{'/' + e['explainer_model'] if e['explainer_model'] else ''}]"
         out.append(f"  from {v:9} {text}{st.dim(who)}")
@@ -111,6 +111,6 @@ def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tupl
             out.append(f"  {direction} {sign}:" + ("" if rows else " —"))
             for c in rows:
                 about = (linked or {}).get((c["other_layer"], c["other_neuron"]))
-                label = f"  {about!r}" if about else ""
+                label = f"  “{about}”" if about else ""
                 out.append(f"    {c['other_layer']}/{c['other_neuron']:<5} {c['weight']:+.4f}{st.dim(label)}")
     return "\n".join(out)

@@ -9,6 +9,7 @@ a tooltip. A page lives at `neurons/{layer}/{neuron}.html` under the viewer fold
 
 from __future__ import annotations
 
+from functools import lru_cache
 from html import escape
 from typing import Sequence
 
@@ -38,13 +39,19 @@ def _num(x: float | None, fmt: str = "{:.3f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+@lru_cache(maxsize=1 << 16)
+def _text(token: str) -> str:
+    return escape(visible(token))
+
+
 def _tokens(tokens: Sequence[str], values: Sequence[float | None], scale: float, cls: str = "h") -> str:
+    """Tokens as HTML: level-0 tokens as plain text, the others as spans with a level class and the
+    value as a tooltip (the hot loop of the browser: one call per token of every record shown)."""
     spans = []
     for tok, v in zip(tokens, values):
         lvl = level(v, scale)
-        tip = "NULL" if v is None else f"{v:.3f}"
-        spans.append(f'<span class={cls}{lvl} title="{tip}">{escape(visible(tok))}</span>')
-    return f'<div class=toks>{"".join(spans)}</div>'
+        spans.append(f"<span class={cls}{lvl} title={v:.2f}>{_text(tok)}</span>" if lvl else _text(tok))
+    return f"<div class=toks>{''.join(spans)}</div>"
 
 
 def _record(r: Record, scale: float) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from nx_dagster.explain.records import SCORED_SPLIT
+
 VARIANTS = ("pre_fix", "post_fix")
 # (explanation written from, scored on): both lineages, then the cross-lineage score.
 SCORE_LINES = (("pre_fix", "pre_fix"), ("post_fix", "post_fix"), ("pre_fix", "post_fix"))
@@ -35,7 +37,7 @@ class Record:
 
 @dataclass
 class Simulated:
-    """One scored sequence: the true activations beside the simulation (0-10 expected values)."""
+    """One scored sequence (split `valid`): the true activations beside the simulation (0-10 expected values)."""
 
     sequence_id: int
     kind: str
@@ -151,8 +153,8 @@ def read_neurons(con: duckdb.DuckDBPyConnection, model: str, layer: int, neurons
             FROM simulations m
             LEFT JOIN (SELECT DISTINCT ON (sequence_id) sequence_id, tokens FROM sequences WHERE model = ?) q
                  USING (sequence_id)
-            WHERE {_filter(model, layer, neurons, 'm.')[0]} ORDER BY m.kind DESC, m.sequence_id""",
-                   [model] + _filter(model, layer, neurons)[1]):
+            WHERE {_filter(model, layer, neurons, 'm.')[0]} AND m.split = ? ORDER BY m.kind DESC, m.sequence_id""",
+                   [model] + _filter(model, layer, neurons)[1] + [SCORED_SPLIT]):
         sims[(s["explanation_id"], s["gelu_variant"], s["simulator"])].append(Simulated(
             s["sequence_id"], s["kind"], s["split"], s["tokens"] or [], s["true_activations"] or [],
             s["expected_activations"], s["failure_reason"]))
