@@ -26,22 +26,27 @@ def open_at(cat: Catalog, snapshot: int | None = None) -> Iterator[tuple[duckdb.
     """Yield (a read-only connection with the catalog attached as `nx` at `snapshot`, the snapshot id).
 
     `snapshot` None means the latest. Nothing under the data root is written."""
-    with cat.session(read_only=True) as con:
-        latest = cat._retry(lambda: con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
-    if snapshot is None:
-        snapshot = latest
-    elif not 0 <= snapshot <= latest:
-        raise NxInputError(f"snapshot {snapshot}", f"does not exist (this catalog has snapshots 0-{latest})",
-                           "pick one from `nxd sql \"SELECT * FROM nx.snapshots()\"`, or leave --snapshot out for the latest")
+    if snapshot is not None and snapshot < 0:
+        raise NxInputError(f"snapshot {snapshot}", "is negative", "snapshot ids count from 0; see nx.snapshots()")
+    if not cat.catalog_path.is_file():
+        cat.connect(read_only=True)  # raises the catalog's own "holds no catalog yet" error
     con = duckdb.connect()
     try:
         for ext in ("sqlite", "ducklake"):
             load_extension(con, ext)
-        cat._retry(lambda: con.execute(
-            f"ATTACH 'ducklake:sqlite:{cat.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{cat.data_path}/', READ_ONLY, SNAPSHOT_VERSION {int(snapshot)})"))
+        at = "" if snapshot is None else f", SNAPSHOT_VERSION {int(snapshot)}"
+        try:
+            cat._retry(lambda: con.execute(
+                f"ATTACH 'ducklake:sqlite:{cat.catalog_path}' AS {ALIAS} (DATA_PATH '{cat.data_path}/', READ_ONLY{at})"))
+        except duckdb.InvalidInputException as e:
+            if "no snapshot found" not in str(e).lower():
+                raise
+            raise NxInputError(f"snapshot {snapshot}", "does not exist in this catalog",
+                               "pick a snapshot_id from `nxd sql \"SELECT * FROM nx.snapshots()\"`, or leave "
+                               "--snapshot out for the latest") from None
         con.execute(f"USE {ALIAS}")
-        yield con, snapshot
+        current = con.execute(f"SELECT id FROM {ALIAS}.current_snapshot()").fetchone()[0]
+        yield con, current
     finally:
         con.close()
 
