@@ -7,7 +7,7 @@ tokens at level 5 or more, i.e. above half of the maximum, are shown in [bracket
 
 from __future__ import annotations
 
-from nx_dagster.viewer.heat import level, visible
+from nx_dagster.viewer.heat import level, number, visible
 from nx_dagster.viewer.reader import SCORE_LINES, VARIANTS, NeuronView, Record
 
 # ANSI 256-colour backgrounds for levels 1-9: dark to bright orange/yellow.
@@ -16,17 +16,13 @@ _PLAIN_MARK = 5
 _BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 
-def _num(x: float | None, fmt: str = "{:.3f}") -> str:
-    return "—" if x is None else fmt.format(x)
-
-
 def _score_text(s) -> str:
     if s is None:
         return "—"
     if s.ev_correlation is None:
         return f"NULL ({s.failure_reason or 'no reason stored'})"
-    return (f"ev_correlation {s.ev_correlation:.3f} (top {_num(s.ev_correlation_top)}, "
-            f"random {_num(s.ev_correlation_random)}), rsquared {_num(s.rsquared)}  [{s.simulator}]")
+    return (f"ev_correlation {s.ev_correlation:.3f} (top {number(s.ev_correlation_top)}, "
+            f"random {number(s.ev_correlation_random)}), rsquared {number(s.rsquared)}  [{s.simulator}]")
 
 
 class _Style:
@@ -67,7 +63,7 @@ def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tupl
     out.append(f"{'':18}" + "".join(f"{v:>12}" for v in variants))
     for label, col in (("max activation", "max_activation"), ("mean", "mean"), ("variance", "variance"),
                        ("kurtosis", "kurtosis")):
-        out.append(f"{label:18}" + "".join(f"{_num(view.stats.get(v, {}).get(col)):>12}" for v in variants))
+        out.append(f"{label:18}" + "".join(f"{number(view.stats.get(v, {}).get(col)):>12}" for v in variants))
     impact = view.fix_impact
     if impact is not None:
         pre = view.max_activation("pre_fix")

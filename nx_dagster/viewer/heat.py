@@ -1,4 +1,5 @@
-"""Token strings made visible, and activation strength as one of ten levels (shared by card and pages).
+"""Token strings made visible, numbers shown, and activation strength as one of ten levels (shared by
+the card and the pages).
 
 Levels: round(9 · a / scale) clipped to 0-9, where `scale` is the neuron's largest activation over both
 GELU lineages (so pre- and post-fix share one colour scale); level 0 (below 1/18 of the scale, or not
@@ -28,3 +29,8 @@ def level(value: float | None, scale: float) -> int:
 
 def levels(values: Sequence[float | None], scale: float) -> list[int]:
     return [level(v, scale) for v in values]
+
+
+def number(x: float | None, fmt: str = "{:.3f}") -> str:
+    """A number for display; NULL as an em dash."""
+    return "—" if x is None else fmt.format(x)

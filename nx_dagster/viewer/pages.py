@@ -13,7 +13,7 @@ from functools import lru_cache
 from html import escape
 from typing import Sequence
 
-from nx_dagster.viewer.heat import LEVELS, level, visible
+from nx_dagster.viewer.heat import LEVELS, level, number, visible
 from nx_dagster.viewer.reader import SCORE_LINES, VARIANTS, NeuronView, Record, Score
 
 SIM_SCALE = 10.0  # simulators predict on a 0-10 scale
@@ -33,10 +33,6 @@ font-size:12.5px;white-space:pre-wrap;word-break:break-all;line-height:1.7}.toks
 def page_path(layer: int, neuron: int) -> str:
     """The page of a neuron, relative to the viewer folder."""
     return f"neurons/{layer}/{neuron}.html"
-
-
-def _num(x: float | None, fmt: str = "{:.3f}") -> str:
-    return "—" if x is None else fmt.format(x)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -64,21 +60,21 @@ def _score_cells(s: Score | None) -> str:
         return "<td>—</td>" * 4 + "<td class=l></td>"
     if s.ev_correlation is None:
         return "<td class=null>NULL</td>" + "<td>—</td>" * 3 + f"<td class='l null'>{escape(s.failure_reason or '')}</td>"
-    return (f"<td>{s.ev_correlation:.3f}</td><td>{_num(s.ev_correlation_top)}</td>"
-            f"<td>{_num(s.ev_correlation_random)}</td><td>{_num(s.rsquared)}</td><td class=l>{escape(s.simulator)}</td>")
+    return (f"<td>{s.ev_correlation:.3f}</td><td>{number(s.ev_correlation_top)}</td>"
+            f"<td>{number(s.ev_correlation_random)}</td><td>{number(s.rsquared)}</td><td class=l>{escape(s.simulator)}</td>")
 
 
 def _summary(view: NeuronView) -> str:
     head = "".join(f"<th>{v}</th>" for v in VARIANTS)
     rows = "".join(
-        f"<tr><th class=l>{label}</th>" + "".join(f"<td>{_num(view.stats.get(v, {}).get(col))}</td>" for v in VARIANTS)
+        f"<tr><th class=l>{label}</th>" + "".join(f"<td>{number(view.stats.get(v, {}).get(col))}</td>" for v in VARIANTS)
         + "</tr>" for label, col in (("max activation", "max_activation"), ("mean", "mean"), ("variance", "variance"),
                                      ("skewness", "skewness"), ("kurtosis", "kurtosis")))
     impact = view.fix_impact
     pre = view.max_activation("pre_fix")
     rel = f" ({impact / pre:+.1%})" if impact is not None and pre else ""
     return (f"<table id=stats><tr><th></th>{head}</tr>{rows}</table>"
-            f"<p id=fix-impact>Fix impact on the maximum (post_fix − pre_fix): <b>{_num(impact, '{:+.4f}')}</b>{rel}</p>")
+            f"<p id=fix-impact>Fix impact on the maximum (post_fix − pre_fix): <b>{number(impact, '{:+.4f}')}</b>{rel}</p>")
 
 
 def _explanations(view: NeuronView) -> str:
@@ -114,7 +110,7 @@ def _simulations(view: NeuronView) -> str:
             + _tokens(m.tokens, m.expected or [None] * len(m.tokens), SIM_SCALE, "s") + "</div>"
             for m in s.simulations)
         parts.append(f"<h3>explanation from {s.explanation_gelu_variant}, scored on {s.gelu_variant}{cross} · "
-                     f"{escape(s.simulator)} · ev_correlation {_num(s.ev_correlation)}</h3><div class=pair>{rows}</div>")
+                     f"{escape(s.simulator)} · ev_correlation {number(s.ev_correlation)}</h3><div class=pair>{rows}</div>")
     return "".join(parts) or "<p class=meta>no simulations stored</p>"
 
 
