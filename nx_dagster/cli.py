@@ -241,6 +241,8 @@ def cmd_viewer(args) -> int:
     from nx_dagster.viewer import serve, site
     from nx_dagster.viewer.source import open_at, pick_model
 
+    if args.records < 0:
+        raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
     cat = Catalog(args.home or None)
     folder = Path(args.dir).expanduser() if args.dir else cat.home / "viewer"
     with open_at(cat, args.snapshot) as (con, snapshot):
