@@ -213,14 +213,15 @@ def _check_neuron(model: dict, layer: int, neuron: int, text: str) -> None:
 
 def cmd_neuron(args) -> int:
     """`nxd neuron LAYER/NEURON`: the terminal card of one neuron."""
-    from nx_dagster.model.gelu import parse_variants
     from nx_dagster.storage import Catalog
     from nx_dagster.viewer.card import render_card
-    from nx_dagster.viewer.reader import explanations_of, read_neurons
+    from nx_dagster.viewer.reader import VARIANTS, explanations_of, read_neurons
     from nx_dagster.viewer.source import open_at, pick_model
 
     layer, neuron = _neuron_key(args.neuron)
-    variants = tuple(parse_variants(args.variant))
+    variants = (args.variant,) if args.variant else VARIANTS  # (not model.gelu's parser: it would import torch)
+    if variants[0] not in VARIANTS:
+        raise _input_error(f"--variant {args.variant!r}", "is not a GELU variant", f"use one of {', '.join(VARIANTS)}")
     if args.records < 0:
         raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))

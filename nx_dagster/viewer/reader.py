@@ -17,7 +17,7 @@ import duckdb
 
 from nx_dagster.explain.records import SCORED_SPLIT
 
-VARIANTS = ("pre_fix", "post_fix")
+VARIANTS = ("pre_fix", "post_fix")  # model.gelu's variant names, repeated here so reading needs no torch
 # (explanation written from, scored on): both lineages, then the cross-lineage score.
 SCORE_LINES = (("pre_fix", "pre_fix"), ("post_fix", "post_fix"), ("pre_fix", "post_fix"))
 
