@@ -18,6 +18,7 @@ from nx_dagster.activations.fix_impact import QUANTILES
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
 from nx_dagster.stages import activations as stage
+from nx_dagster.viewer.serve import page_url
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
@@ -123,6 +124,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
                 tokens.setdefault((r["layer"], r["neuron"]), []).append(repr(r["token"]))
         for r in top_rows:
             r["top_mean_tokens"] = " ".join(tokens.get((r["layer"], r["neuron"]), []))
+            r["page"] = f"[{r['layer']}/{r['neuron']}]({page_url(r['layer'], r['neuron'])})"  # `nxd viewer --serve`
         return dg.MaterializeResult(
             data_version=nx.data_version(ACTIVATIONS_VERSION, variant=variant, **settings),
             metadata={

@@ -1,4 +1,5 @@
-"""`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, collect unreferenced files."""
+"""`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, look at neurons (a terminal
+card, a static HTML browser), open the UI of a data root, and collect unreferenced files."""
 
 from __future__ import annotations
 
@@ -142,30 +143,169 @@ def _input_error(what, problem, fix):
 
 
 def cmd_sql(args) -> int:
+    """Run each statement of the query in order. With `--format table` every statement's result is
+    printed (headed by the statement when there are several); csv and json print exactly one result,
+    so there they refuse a query with more than one statement that returns rows."""
     from nx_dagster.storage import Catalog
 
     import duckdb
 
     cat = Catalog(args.home or None)
+
+    def failed(e: duckdb.Error, sql: str):
+        read_only = "read-only mode" in str(e)
+        return _input_error(
+            f"query {sql.strip()!r}", str(e).strip(),
+            "nxd sql only reads: tables change through `nxd run` (or Dagster)" if read_only
+            else "correct the SQL; `SHOW TABLES` and the README's SQL contract list the tables and columns")
+
     with cat.session(read_only=True) as con:
         try:
-            rel = cat._retry(lambda: con.sql(args.query))
+            statements = con.extract_statements(args.query)
         except duckdb.Error as e:
-            read_only = "read-only mode" in str(e)
-            raise _input_error(
-                f"query {args.query!r}", str(e).strip(),
-                "nxd sql only reads: tables change through `nxd run` (or Dagster)" if read_only
-                else "correct the SQL; `SHOW TABLES` and the README's SQL contract list the tables and columns",
-            ) from None
-        if rel is None:
-            return 0
-        from nx_dagster.storage import output
-
-        try:
-            cat._retry(lambda: output.write(rel, args.format, args.max_rows))
-        except ValueError as e:
-            raise _input_error(f"query {args.query!r}", str(e), "alias the duplicate columns, or use --format table") from None
+            raise failed(e, args.query) from None
+        selects = [s for s in statements if s.type == duckdb.StatementType.SELECT]
+        if args.format != "table" and len(selects) > 1:
+            raise _input_error(f"query {args.query.strip()!r}", f"holds {len(selects)} queries and --format "
+                               f"{args.format} prints one result", "run them one at a time, or use --format table")
+        results = []
+        for stmt in statements:
+            try:
+                rel = cat._retry(lambda: con.sql(stmt.query))
+            except duckdb.Error as e:
+                raise failed(e, stmt.query) from None
+            if rel is not None:
+                results.append((stmt.query, rel))
+        for i, (sql, rel) in enumerate(results):
+            if len(results) > 1:
+                text = " ".join(line.split("--")[0].strip() for line in sql.strip().splitlines()).strip()
+                print(f"-- result {i + 1} of {len(results)}: {text}", flush=True)
+            _print_result(rel, args)
     return 0
+
+
+def _print_result(rel, args) -> None:
+    """Every column type the tables and DuckLake's functions return, in every format (storage/output.py)."""
+    from nx_dagster.storage import output
+    from nx_dagster.storage.catalog import Catalog
+
+    try:
+        Catalog._retry(lambda: output.write(rel, args.format, args.max_rows))
+    except ValueError as e:
+        raise _input_error(f"query {args.query.strip()!r}", str(e), "alias the duplicate columns, or use --format table") from None
+
+
+def _neuron_key(text: str) -> tuple[int, int]:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m:
+        raise _input_error(f"neuron {text!r}", "is not LAYER/NEURON", "write it like 2/17 (layer 2, neuron 17)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _check_neuron(model: dict, layer: int, neuron: int, text: str) -> None:
+    if layer >= model["n_layer"] or neuron >= model["n_neurons"]:
+        raise _input_error(f"neuron {text!r}", f"is outside {model['model']} ({model['n_layer']} layers of "
+                           f"{model['n_neurons']} neurons)", f"use layers 0-{model['n_layer'] - 1} and "
+                           f"neurons 0-{model['n_neurons'] - 1}")
+
+
+def cmd_neuron(args) -> int:
+    """`nxd neuron LAYER/NEURON`: the terminal card of one neuron."""
+    from nx_dagster.storage import Catalog
+    from nx_dagster.viewer.card import render_card
+    from nx_dagster.viewer.reader import VARIANTS, explanations_of, read_neurons
+    from nx_dagster.viewer.source import open_at, pick_model
+
+    layer, neuron = _neuron_key(args.neuron)
+    variants = (args.variant,) if args.variant else VARIANTS  # (not model.gelu's parser: it would import torch)
+    if variants[0] not in VARIANTS:
+        raise _input_error(f"--variant {args.variant!r}", "is not a GELU variant", f"use one of {', '.join(VARIANTS)}")
+    if args.records < 0:
+        raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    with open_at(Catalog(args.home or None), args.snapshot) as (con, snapshot):
+        model = pick_model(con, args.model)
+        _check_neuron(model, layer, neuron, args.neuron)
+        view = read_neurons(con, model["model"], layer, [neuron], top_records=max(args.records, 1))[0]
+        others = {c["other_layer"] for rows in view.neuron_links.values() for c in rows}
+        linked = explanations_of(con, model["model"], others)
+    print(render_card(view, snapshot=snapshot, variants=variants, records=args.records, color=color, linked=linked))
+    return 0
+
+
+def cmd_viewer(args) -> int:
+    """`nxd viewer [DIR] [--serve]`: write the static neuron browser, and serve it if asked."""
+    from nx_dagster.ranges import parse_ranges
+    from nx_dagster.storage import Catalog
+    from nx_dagster.viewer import serve, site
+    from nx_dagster.viewer.source import open_at, pick_model
+
+    if args.records < 0:
+        raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
+    cat = Catalog(args.home or None)
+    folder = Path(args.dir).expanduser() if args.dir else cat.home / "viewer"
+    with open_at(cat, args.snapshot) as (con, snapshot):
+        model = pick_model(con, args.model)
+        layers = parse_ranges(args.layers, "layers", model["n_layer"])
+        neurons = parse_ranges(args.neurons, "neurons", model["n_neurons"])
+        wanted = {"model": model["model"], "snapshot": snapshot, "layers": layers or list(range(model["n_layer"])),
+                  "neurons": neurons}
+        have = site.read_manifest(folder)
+        if args.serve and have and all(have.get(k) == v for k, v in wanted.items()):
+            print(f"nxd: {folder} already shows snapshot {snapshot}; not rewritten", file=sys.stderr)
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _input_error(f"viewer folder {str(folder)!r}", f"cannot be created ({e.strerror or e})",
+                                   "give a DIR you can write to") from None
+            out = site.write_site(con, folder, model, snapshot, layers, neurons, top_records=args.records)
+            print(f"nxd: wrote {out['pages']} neuron pages and index.html to {folder} in {out['seconds']:.1f} s",
+                  file=sys.stderr)
+    if not args.serve:
+        print((folder / "index.html").resolve().as_uri())
+        return 0
+    try:
+        server = serve.make_server(folder, args.host, args.port)
+    except OSError as e:
+        raise _input_error(f"--port {args.port}", f"cannot be served ({e.strerror or e})",
+                           "pick another port with --port, or stop what is using it") from None
+    host, port = server.server_address[:2]
+    print(f"nxd: serving {folder} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _add_viewer_commands(sub) -> None:
+    n = sub.add_parser("neuron", help="a terminal card of one neuron: records, explanations, scores, connections")
+    n.add_argument("neuron", metavar="LAYER/NEURON", help="e.g. 2/17")
+    n.add_argument("--variant", help="pre_fix or post_fix (default both)")
+    n.add_argument("--snapshot", type=int, help="the catalog as of this DuckLake snapshot (default: latest)")
+    n.add_argument("--model", help="the model to show (default: the latest in `models`)")
+    n.add_argument("--records", type=int, default=3, help="top records per variant (default 3)")
+    n.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="ANSI colours (auto: on a terminal unless NO_COLOR is set)")
+    n.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    n.set_defaults(fn=cmd_neuron)
+    v = sub.add_parser("viewer", help="write a static neuron browser (HTML, no network needed) and optionally serve it")
+    v.add_argument("dir", nargs="?", metavar="DIR", help="where to write the pages (default NX_HOME/viewer)")
+    v.add_argument("--serve", action="store_true", help="then serve DIR on http://HOST:PORT/ until Ctrl-C")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8765, help="default 8765 (what the Dagster UI links to)")
+    v.add_argument("--snapshot", type=int, help="the catalog as of this DuckLake snapshot (default: latest)")
+    v.add_argument("--model", help="the model to show (default: the latest in `models`)")
+    v.add_argument("--layers", help="only these layers, e.g. 0,2-3 (default all)")
+    v.add_argument("--neurons", help="only these neurons of each layer, e.g. 0-99 (default all)")
+    v.add_argument("--records", type=int, default=5, help="top records per variant on each page (default 5)")
+    v.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    v.set_defaults(fn=cmd_viewer)
 
 
 def cmd_gc(args) -> int:
@@ -242,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--home", help="NX_HOME (default ./nx_data)")
     g.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
     g.set_defaults(fn=cmd_gc)
+    _add_viewer_commands(sub)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nx_dagster.errors import NxInputError

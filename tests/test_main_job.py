@@ -1,10 +1,12 @@
 """The README's main job on the embedded defaults (bundled model and corpus, offline explainer), and
-every SQL query the README shows, run against what it produced."""
+every SQL query the README shows, run against what it produced: each must return rows."""
 
 import json
 import re
+import shlex
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from nx_dagster.cli import main
@@ -15,16 +17,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    root = tmp_path_factory.mktemp("main")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NX_HOME", str(root / "nx_data"))
-    mp.setenv("DAGSTER_HOME", str(root))
-    for var in ("NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        mp.delenv(var, raising=False)
-    assert main(["run", "--max-sequences", "320"]) == 0
-    yield root / "nx_data"
-    mp.undo()
+def home(bundled_run):
+    return bundled_run / "nx_data"
 
 
 def test_every_stage_for_every_neuron_in_both_lineages(home):
@@ -48,20 +42,61 @@ def test_every_stage_for_every_neuron_in_both_lineages(home):
     assert one("SELECT count(*) FROM llm_calls") == 0  # offline: no request was made
 
 
-def test_readme_queries_run(home, capsys):
-    blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
-    assert blocks
-    cat = Catalog(home)
-    latest = cat.query("SELECT max(snapshot_id) FROM nx.snapshots()").column(0)[0].as_py()
+def _readme_sql_blocks() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+
+
+def _readme_nxd_sql_commands() -> list[list[str]]:
+    """The arguments of every `nxd sql ...` line in the README's bash blocks."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        for line in block.splitlines():
+            m = re.match(r"\s*(?:\S*/)?nxd sql (.*)", line)
+            if m:
+                commands.append(["sql", *shlex.split(m.group(1), comments=True)])
+    return commands
+
+
+def test_every_readme_sql_example_returns_rows(home):
+    """Each ```sql block runs in one session, statement by statement, as in the duckdb CLI (the
+    INSTALL/ATTACH/USE lines are what the session already did); every query returns rows."""
+    blocks = _readme_sql_blocks()
+    assert len(blocks) >= 2
     ran = 0
-    for block in blocks:
-        for stmt in block.split(";"):
-            sql = "\n".join(line for line in stmt.splitlines() if not line.strip().startswith("--")).strip()
-            if not sql or sql.upper().startswith(("INSTALL", "ATTACH", "USE")):
-                continue
-            sql = re.sub(r"VERSION => \d+", f"VERSION => {latest}", sql)
-            cat.query(sql)
-            ran += 1
-    assert ran >= 10
+    with Catalog(home).session(read_only=True) as con:
+        for block in blocks:
+            for stmt in con.extract_statements(block):
+                code = "\n".join(ln for ln in stmt.query.splitlines() if not ln.strip().startswith("--")).split()
+                if not code or code[0].upper() in ("INSTALL", "ATTACH", "USE", "LOAD"):
+                    continue
+                rel = con.sql(stmt.query)
+                if stmt.type == duckdb.StatementType.SELECT:
+                    rows = rel.fetchall()
+                    assert rows, f"README query returned no rows on the bundled data:\n{stmt.query.strip()}"
+                    ran += 1
+    assert ran >= 12
+
+
+def test_every_readme_nxd_sql_command_returns_rows(home, capsys):
+    commands = _readme_nxd_sql_commands()
+    assert len(commands) >= 3
+    for args in commands:
+        assert main([*args, "--home", str(home), "--format", "json"]) == 0, args
+        rows = json.loads(capsys.readouterr().out)
+        assert rows, f"README command returned no rows on the bundled data: nxd {' '.join(args)}"
     assert main(["sql", "--home", str(home), "--format", "json", "SELECT count(*) AS n FROM models"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 1}]
+
+
+def test_nxd_sql_prints_every_statement_or_refuses(home, capsys):
+    two = "SELECT 'first' AS which; SELECT 'second' AS which"
+    assert main(["sql", "--home", str(home), two]) == 0
+    out = capsys.readouterr().out
+    assert "-- result 1 of 2" in out and "first" in out and "-- result 2 of 2" in out and "second" in out
+    assert main(["sql", "--home", str(home), "--format", "json", two]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 queries" in err and "Fix:" in err
+    # a setting followed by one query is one result: json stays one array
+    assert main(["sql", "--home", str(home), "--format", "json",
+                 "SET VARIABLE x = 41; SELECT getvariable('x') + 1 AS answer"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"answer": 42}]

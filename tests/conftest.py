@@ -1,0 +1,24 @@
+"""Fixtures shared by several test modules."""
+
+import pytest
+
+from nx_dagster.cli import main
+
+
+@pytest.fixture(scope="session")
+def bundled_run(tmp_path_factory):
+    """The README's main job on the embedded defaults (bundled model and corpus, offline explainer),
+    320 sequences, run once per session: returns the folder holding `nx_data/` (NX_HOME) and the Dagster
+    instance (DAGSTER_HOME). The environment is restored right after the run, so tests pass the
+    paths explicitly (`--home`, `Catalog(path)`)."""
+    root = tmp_path_factory.mktemp("main")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NX_HOME", str(root / "nx_data"))
+    mp.setenv("DAGSTER_HOME", str(root))
+    for var in ("NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        mp.delenv(var, raising=False)
+    try:
+        assert main(["run", "--max-sequences", "320"]) == 0
+    finally:
+        mp.undo()
+    return root
