@@ -102,7 +102,7 @@ def activations_asset(variant: str) -> dg.AssetsDefinition:
         key=key, deps=["model", "sequences"], partitions_def=layers, group_name=variant, kinds={"pytorch", "duckdb"},
         code_version=ACTIVATIONS_VERSION, pool="compute",
         backfill_policy=dg.BackfillPolicy.single_run(), check_specs=_checks(key),
-        description=f"Activation records and neuron stats with GELU `{variant}` = {v.formula} ({v.meaning}). "
+        description=f"Activation records and neuron stats with GELU `{variant}` = `{v.formula}` ({v.meaning}). "
                     "One partition = one layer (tables activation_records, neuron_stats).",
     )
     def _asset(context: dg.AssetExecutionContext, nx: NxResource, config: ActivationsConfig) -> dg.MaterializeResult:
