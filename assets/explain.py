@@ -67,6 +67,8 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, explainer != "token_lookup")
+        if client is not None:
+            client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer,
                                            client)
@@ -114,6 +116,8 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, simulator != "token_lookup")
+        if client is not None:
+            client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
                                      layer_list, shard, explainer, simulator, client)

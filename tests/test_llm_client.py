@@ -261,3 +261,15 @@ def test_a_connection_blip_after_the_endpoint_answered_is_retried(tmp_path):
         restart.join()
         for s in second:
             s.stop()
+
+
+def test_progress_is_reported_while_requests_run(server, tmp_path):
+    server.latency_s = 0.02
+    client = make_client(server, tmp_path, concurrency=4)
+    lines: list[str] = []
+    client.on_progress = lines.append
+    client.map([chat(f"q{i}") for i in range(12)])
+    assert lines and lines[-1].startswith("LLM requests: 12/12 (100%)") and "/s" in lines[-1]
+    lines.clear()
+    client.map([chat(f"q{i}") for i in range(12)])  # all answered from the ledger: nothing to report
+    assert lines == []

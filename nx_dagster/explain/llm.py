@@ -128,6 +128,8 @@ class LLMClient:
         self.endpoint = sanitize_url(self.settings.base_url)
         self.stats = CallStats()
         self.keys_used: dict[str, None] = {}  # ordered set of every key asked for
+        # called with a line of progress (done/total, rate, time left) every ~5 s while requests run
+        self.on_progress: Callable[[str], None] | None = None
         self._client: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -165,8 +167,14 @@ class LLMClient:
             pool = ThreadPoolExecutor(max_workers=max(1, min(self.settings.concurrency, len(todo))))
             try:
                 futures = {pool.submit(self._execute, k, r): k for k, r in todo.items()}
-                for fut in as_completed(futures):
+                t0 = last = time.monotonic()
+                for done, fut in enumerate(as_completed(futures), 1):
                     results[futures[fut]] = fut.result()
+                    now = time.monotonic()
+                    if self.on_progress is not None and (now - last >= 5 or done == len(futures)):
+                        last, rate = now, done / max(now - t0, 1e-9)
+                        self.on_progress(f"LLM requests: {done:,}/{len(futures):,} ({100 * done / len(futures):.0f}%), "
+                                         f"{rate:.1f}/s, ~{(len(futures) - done) / rate:.0f} s left")
             except BaseException:
                 self._stop.set()
                 raise
