@@ -180,17 +180,16 @@ def cmd_sql(args) -> int:
             if len(results) > 1:
                 text = " ".join(line.split("--")[0].strip() for line in sql.strip().splitlines()).strip()
                 print(f"-- result {i + 1} of {len(results)}: {text}", flush=True)
-            _print_result(rel, args)
+            _print_result(rel, args, cat)
     return 0
 
 
-def _print_result(rel, args) -> None:
+def _print_result(rel, args, cat) -> None:
     """Every column type the tables and DuckLake's functions return, in every format (storage/output.py)."""
     from nx_dagster.storage import output
-    from nx_dagster.storage.catalog import Catalog
 
     try:
-        Catalog._retry(lambda: output.write(rel, args.format, args.max_rows))
+        cat._retry(lambda: output.write(rel, args.format, args.max_rows))
     except ValueError as e:
         raise _input_error(f"query {args.query.strip()!r}", str(e), "alias the duplicate columns, or use --format table") from None
 
