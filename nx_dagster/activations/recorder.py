@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from nx_dagster.activations import cpu_kernel
+from nx_dagster.activations import cpu_kernel, gpu_update
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
@@ -56,10 +56,28 @@ class LayerRecord:
     n_tokens: int
 
 
+def choose_path(device: torch.device) -> str:
+    """How a layer applies each batch, chosen once: on the CPU the fused numba kernel ("fused"); on
+    CUDA the Triton kernels ("triton"), or fixed-shape torch ops ("dense") where Triton cannot run;
+    otherwise torch ops that update only the rows with a new candidate ("torch"). Every path keeps
+    the same records. NX_RECORDER=torch|dense|triton picks one (triton on the CPU: its interpreter)."""
+    env = os.environ.get("NX_RECORDER", "").lower()
+    if env == "triton":
+        if not gpu_update.usable(device):
+            raise RuntimeError(f"NX_RECORDER=triton, but the Triton kernels cannot run on {device}")
+        return "triton"
+    if device.type != "cpu":
+        return "triton" if env not in ("torch", "dense") and gpu_update.usable(device) else "dense"
+    if cpu_kernel.available():
+        return "fused"
+    return "dense" if env == "dense" else "torch"
+
+
 class LayerRecorder:
     _REFRESH = {0, 1, 2, 4, 8, 16}
 
-    def __init__(self, layer: int, neurons: torch.Tensor, seq_len: int, s: RecorderSettings, device):
+    def __init__(self, layer: int, neurons: torch.Tensor, seq_len: int, s: RecorderSettings, device,
+                 path: str | None = None):
         n = len(neurons)
         self.layer, self.neurons, self.s = layer, neurons.to(device), s
         self.lo, self.hi = int(neurons[0]), int(neurons[-1]) + 1
@@ -77,20 +95,18 @@ class LayerRecorder:
         self.batches = 0
         self._salt = neuron_salt(s.seed, layer, self.neurons)
         self.boundaries: torch.Tensor | None = None
-        # How each batch is applied, chosen once: the fused CPU kernel; on a GPU fixed-shape torch ops
-        # (no host sync, so batches queue back to back); NX_RECORDER=torch|dense picks the torch ops.
-        cpu = torch.device(device).type == "cpu"
-        self._fused = cpu and cpu_kernel.available()
-        self._dense = not cpu or os.environ.get("NX_RECORDER", "").lower() == "dense"
+        self._path = path or choose_path(torch.device(device))
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
         refresh = self.batches in self._REFRESH or self.batches % 32 == 0
         nbt = post.permute(2, 0, 1)
-        if self._fused and nbt.is_contiguous():
+        if self._path == "fused" and nbt.is_contiguous():
             cpu_kernel.update(self, seq_ids, nbt.float(), refresh)  # the same result, one fused pass
+        elif self._path == "triton" and nbt.is_contiguous():
+            gpu_update.update(self, seq_ids, nbt, refresh)  # the same result, two kernels
         else:
-            self._update_torch(seq_ids, post, refresh, self._dense)
+            self._update_torch(seq_ids, post, refresh, self._path != "torch")
         self.batches += 1
 
     def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool, dense: bool) -> None:
