@@ -21,6 +21,7 @@ from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotat
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
 from nx_dagster.activations.store import EMPTY, Activations, TopKStore, take_rows
+from nx_dagster.activations.transfer import records_to_host, to_device
 from nx_dagster.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,8 @@ class LayerRecorder:
         rows = (b_ids.view(1, N_BINS) * n + cols[:, None]).reshape(-1)  # store rows, same order
         self.bins.update(keys.reshape(len(key), -1), acts, rows=rows, src=cols.repeat_interleave(N_BINS))
 
-    def finish(self) -> LayerRecord:
+    def finish(self, host: bool = True) -> LayerRecord:
+        """The layer's records: on the CPU, or (host=False) on the recorder's device."""
         top_keys, top_acts = self.top.sorted()
         rnd_keys, rnd_acts = self.random.sorted()
         # A boundary is its bucket's upper edge, never above the exact maximum (for every value seen,
@@ -170,16 +172,14 @@ class LayerRecorder:
             """(sequence ids, activations) with -1 and zeros in empty slots: fully deterministic."""
             valid = keys != EMPTY
             seq = torch.where(valid, key_seq_id(keys), -1)
-            acts = acts.float()  # a fresh tensor from the gathers above: safe to fill in place
-            if not bool(valid.all()):
-                acts.masked_fill_(~valid[..., None], 0.0)
-            return seq.cpu(), acts.cpu()
+            return seq, acts.float().masked_fill_(~valid[..., None], 0.0)  # fresh from the gathers above
 
-        return LayerRecord(
-            layer=self.layer, neurons=self.neurons.cpu(), top=out(top_keys, top_acts), random=out(rnd_keys, rnd_acts),
-            quantile=(torch.cat(picked_bins, 1).cpu(), *out(torch.cat(picked_keys, 1), picked_acts)),
-            stats={k: v.cpu() for k, v in stats.items()}, n_tokens=self.moments.n,
+        rec = LayerRecord(
+            layer=self.layer, neurons=self.neurons, top=out(top_keys, top_acts), random=out(rnd_keys, rnd_acts),
+            quantile=(torch.cat(picked_bins, 1), *out(torch.cat(picked_keys, 1), picked_acts)),
+            stats=stats, n_tokens=self.moments.n,
         )
+        return records_to_host([rec])[0] if host else rec
 
 
 class Recorder:
@@ -211,9 +211,10 @@ class Recorder:
                 self.extra(layer, token_ids, post)
 
     def step(self, seq_ids: torch.Tensor, token_ids: torch.Tensor) -> None:
+        # checked on the host copy where there is one (on a GPU tensor the check waits for the GPU)
         if int(seq_ids.max()) >= (1 << 31):
             raise ValueError("sequence ids must be below 2**31")
-        self._batch = (seq_ids.to(self.model.device), token_ids.to(self.model.device))
+        self._batch = (to_device(seq_ids, self.model.device), to_device(token_ids, self.model.device))
         self.model(self._batch[1], self.variant, on_mlp=self._on_mlp, layers=self.layers[-1] + 1, logits=False,
                    neuron_major=True)
         self.tokens += token_ids.numel()
@@ -221,7 +222,8 @@ class Recorder:
     def finish(self) -> dict[int, LayerRecord]:
         if self.tokens == 0:
             raise ValueError("no sequences to record")
-        return {layer: rec.finish() for layer, rec in self.recs.items()}
+        recs = records_to_host([rec.finish(host=False) for rec in self.recs.values()])
+        return {r.layer: r for r in recs}
 
 
 def record(
