@@ -22,10 +22,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EMPTY = -1
-ID_MAX = (1 << 31) - 1
-M32 = (1 << 32) - 1
-KEY_MAX = (1 << 63) - 1  # padding of a store row past k: never its smallest key
+EMPTY = tl.constexpr(-1)
+ID_MAX = tl.constexpr((1 << 31) - 1)
+M32 = tl.constexpr((1 << 32) - 1)
+KEY_MAX = tl.constexpr((1 << 63) - 1)  # padding of a store row past k: never its smallest key
 
 
 @triton.jit
