@@ -81,9 +81,10 @@ def test_triton_path_is_chosen_by_name_on_the_cpu(monkeypatch):
 def test_to_host_keeps_values_shapes_and_order():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ts = [torch.arange(6, device=dev).view(2, 3), torch.rand(4, 2, device=dev, dtype=torch.float64),
-          torch.tensor([], device=dev), torch.arange(5, device=dev) * 2]
-    out = to_host(ts)
-    assert all(o.device.type == "cpu" and o.shape == t.shape and torch.equal(o, t.cpu()) for o, t in zip(out, ts))
+          torch.tensor([], device=dev), torch.arange(5, device=dev) * 2, torch.rand(3, 1000, device=dev)]
+    for chunk in (64, 1 << 20):  # many chunks through the two staging buffers, and one
+        out = to_host(ts, chunk_bytes=chunk)
+        assert all(o.device.type == "cpu" and o.shape == t.shape and torch.equal(o, t.cpu()) for o, t in zip(out, ts))
 
 
 @pytest.mark.gpu
