@@ -2,9 +2,9 @@
 synchronization, so batches queue back to back; on the CPU the same kernels run in Triton's
 interpreter (how the tests hold them to the other paths).
 
-`load()` imports the kernels once. Triton decides at its own import whether it interprets, so on a
-machine without CUDA this module asks for interpreter mode (TRITON_INTERPRET=1) before anything
-imports Triton; where Triton was imported earlier without it, `load()` says the kernels cannot run
+`load()` imports the kernels once. Triton decides at its own import whether it interprets, so with a
+CPU-only torch this module asks for interpreter mode (TRITON_INTERPRET=1) before anything imports
+Triton; where Triton was imported earlier without it, `usable()` says the kernels cannot run
 on the CPU. Torch's CUDA wheels ship Triton; `pip install triton` adds it for the CPU tests.
 """
 
@@ -19,8 +19,10 @@ import torch
 from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
 
 log = logging.getLogger(__name__)
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # compiled Triton needs a GPU: interpret on the CPU
+if "triton" not in sys.modules and not torch.backends.cuda.is_built():
+    # a CPU-only torch: compiled Triton cannot run, so interpret (a build-time check: no CUDA
+    # driver call here, which would spoil forked worker processes)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _STATE: dict[str, object] = {}
 _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -77,8 +79,11 @@ def _next_pow2(x: int) -> int:
 
 def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
     """Apply one batch to LayerRecorder `rec`: seq_ids [B] int64 and nbt [N, B, T] (contiguous, any
-    float dtype) on the recorder's device. Three launches per layer (and the sketch's boundaries on
-    refresh batches), nothing read back to the host."""
+    float dtype) on the recorder's device. Two kernel launches per layer (and the sketch's boundaries
+    on refresh batches: a few torch ops), nothing read back to the host."""
+    if nbt.is_cuda and nbt.device != torch.device("cuda", torch.cuda.current_device()):
+        with torch.cuda.device(nbt.device):  # Triton launches on the current device
+            return update(rec, seq_ids, nbt, refresh)
     k = load()
     n, b, t = nbt.shape
     mom, sk = rec.moments, rec.sketch
