@@ -22,6 +22,7 @@ from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
 from nx_dagster.activations.store import EMPTY, Activations, TopKStore, take_rows
 from nx_dagster.activations.transfer import records_to_host, to_device
+from nx_dagster.errors import NxInputError
 from nx_dagster.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def choose_path(device: torch.device) -> str:
     env = os.environ.get("NX_RECORDER", "").lower()
     if env == "triton":
         if not gpu_update.usable(device):
-            raise RuntimeError(f"NX_RECORDER=triton, but the Triton kernels cannot run on {device}")
+            raise NxInputError("NX_RECORDER=triton", f"the Triton kernels cannot run on {device}",
+                               "install triton (on a CPU-only torch it runs interpreted) or unset NX_RECORDER")
         return "triton"
     if device.type != "cpu":
         return "triton" if env not in ("torch", "dense") and gpu_update.usable(device) else "dense"
