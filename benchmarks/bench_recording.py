@@ -1,10 +1,13 @@
 """Recording overhead: the bare forward pass vs the full recording (all layers, one variant), same tokens.
 
-Prints, per model shape: median seconds of each, their ratio, tokens/s; and peak memory of the
-recording at two corpus sizes (run in fresh subprocesses) to show it does not grow with the corpus.
+Prints, per model shape: median seconds of each, their ratio, tokens/s; with --hf-baseline also
+transformers' GPT2Model forward on the same weights and a naive recorder on it (`peers.py`); with
+--memory the peak memory at two corpus sizes (fresh subprocesses: it does not grow with the corpus);
+with --end-to-end `nxd run --stages activations` on the bundled model, on the CPU and on --device.
 
     python benchmarks/bench_recording.py                 # bundled model + GPT-2-small shape, CPU
-    python benchmarks/bench_recording.py --device cuda --dtype bfloat16 --sequences 4096
+    python benchmarks/bench_recording.py --device cuda --dtype bfloat16 --hf-baseline --end-to-end \
+        --models gpt2-small:16384:512,gpt2-xl:2048:128   # name[:sequences[:batch size]]
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+import tempfile
 
+import torch
+
+from benchmarks.peers import NaivePeer, hf_twin
 from nx_dagster.activations import Recorder, RecorderSettings
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
 
@@ -43,36 +48,6 @@ def load(name: str, device: str, dtype: torch.dtype) -> GPT2:
 
         return open_checkpoint("bundled").load_model(device, dtype)
     return random_model(SHAPES[name], device, dtype)
-
-
-def hf_twin(model: GPT2, ids: torch.Tensor):
-    """transformers' GPT2Model with the same weights (Conv1D keeps [in, out]: transposed back), as an
-    outside baseline for the bare forward pass; checked to compute the same hidden states on `ids`."""
-    from transformers import GPT2Config as HFConfig, GPT2Model
-
-    c = model.config
-    hf = GPT2Model(HFConfig(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, n_inner=c.n_inner,
-                            n_positions=c.n_positions, vocab_size=c.vocab_size, activation_function="gelu_new",
-                            layer_norm_epsilon=c.layer_norm_epsilon, bos_token_id=0, eos_token_id=0))
-    sd = {"wte.weight": model.wte, "wpe.weight": model.wpe, "ln_f.weight": model.ln_f_w, "ln_f.bias": model.ln_f_b}
-    for i, b in enumerate(model.blocks):
-        p = f"h.{i}."
-        sd.update({p + "ln_1.weight": b.ln_1_w, p + "ln_1.bias": b.ln_1_b, p + "ln_2.weight": b.ln_2_w,
-                   p + "ln_2.bias": b.ln_2_b, p + "attn.c_attn.weight": b.attn_w.T, p + "attn.c_attn.bias": b.attn_b,
-                   p + "attn.c_proj.weight": b.attn_proj_w.T, p + "attn.c_proj.bias": b.attn_proj_b,
-                   p + "mlp.c_fc.weight": b.fc_w.T, p + "mlp.c_fc.bias": b.fc_b,
-                   p + "mlp.c_proj.weight": b.proj_w.T, p + "mlp.c_proj.bias": b.proj_b})
-    missing, unexpected = hf.load_state_dict({k: v.float().cpu() for k, v in sd.items()}, strict=False)
-    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing), missing
-    hf = hf.eval().to(model.device, model.dtype)
-    with torch.inference_mode():
-        theirs = hf(input_ids=ids).last_hidden_state.float()
-        ours = F.layer_norm(model(ids, "post_fix", logits=False), (c.n_embd,), model.ln_f_w, model.ln_f_b,
-                            c.layer_norm_epsilon).float()
-    err = (theirs - ours).abs().max().item()
-    tol = 1e-3 if model.dtype == torch.float32 else 0.1
-    assert err < tol, f"transformers twin differs from the model by {err}"
-    return hf
 
 
 def sync(device: str) -> None:
@@ -124,10 +99,79 @@ def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=Non
     return out
 
 
-def recorder_kind(device: str) -> str:
-    from nx_dagster.activations import cpu_kernel
+def time_passes(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=None) -> dict:
+    """On a GPU: whole passes, synchronized only at their ends, so queued batches overlap as they do
+    in a real run: the bare forward, the recording (recorder creation, steps, `finish` to host
+    memory), and with `hf` transformers' bare forward and the naive peer (`peers.NaivePeer`).
+    Sequence ids stay on the host, as the corpus reader hands them over; token ids on the device."""
+    layers = list(range(model.config.n_layer))
+    settings = RecorderSettings(batch_size=len(data[0][0]))
+    host_ids = [seq_ids.cpu() for seq_ids, _ in data]
 
-    return "fused CPU kernel (numba)" if device == "cpu" and cpu_kernel.available() else "torch ops"
+    def bare():
+        for _, ids in data:
+            model(ids, "post_fix", layers=model.config.n_layer, logits=False)
+
+    runs = {"bare": bare}
+
+    def recording():
+        rec = Recorder(model, "post_fix", layers, seq_len, settings)
+        for sid, (_, ids) in zip(host_ids, data):
+            rec.step(sid, ids)
+        return rec.finish()
+
+    runs["record"] = recording
+    if hf is not None:
+        def hf_bare():
+            with torch.inference_mode():
+                for _, ids in data:
+                    hf(input_ids=ids)
+
+        def peer():
+            p = NaivePeer(hf)
+            for seq_ids, ids in data:
+                p.step(seq_ids, ids)
+            return p.finish()
+
+        runs["hf"], runs["peer"] = hf_bare, peer
+    secs: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            secs[name].append(time.perf_counter() - t)
+    tokens = sum(ids.numel() for _, ids in data)
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    ratios = [r / b for r, b in zip(secs["record"], secs["bare"])]
+    out = {"tokens": tokens, "bare_s": med["bare"], "record_s": med["record"], "finish_s": float("nan"),
+           "ratio": statistics.median(ratios), "ratios": ratios, "bare_tok_s": tokens / med["bare"],
+           "record_tok_s": tokens / med["record"]}
+    if hf is not None:
+        out["hf_tok_s"], out["peer_tok_s"] = tokens / med["hf"], tokens / med["peer"]
+    return out
+
+
+def recorder_kind(device: str) -> str:
+    from nx_dagster.activations.recorder import choose_path
+
+    return {"fused": "fused CPU kernel (numba)", "triton": "Triton kernels", "dense": "fixed-shape torch ops",
+            "torch": "torch ops"}[choose_path(torch.device(device))]
+
+
+def end_to_end(device: str, dtype: str) -> dict[str, float]:
+    """Seconds of `nxd run --stages activations` on the bundled model and corpus, on the CPU and on
+    `device`, each in a fresh data root (so both pay for the same work); run from the repository root."""
+    out = {}
+    for dev in ("cpu", device):
+        with tempfile.TemporaryDirectory() as home:
+            cmd = [sys.executable, "-m", "nx_dagster.cli", "run", "--stages", "activations", "--home", home,
+                   "--device", dev, "--dtype", "float32" if dev == "cpu" else dtype]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)  # the project's Dagster instance, as users run it
+            out[dev] = time.perf_counter() - t
+    return out
 
 
 def peak_memory(name: str, n_seq: int, args) -> float:
@@ -151,7 +195,8 @@ print(json.dumps({{"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--models", default="bundled,gpt2-small")
+    p.add_argument("--models", default="bundled,gpt2-small",
+                   help="comma list of name[:sequences[:batch size]]; names: bundled, " + ", ".join(SHAPES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--sequences", type=int, default=512)
@@ -160,32 +205,49 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory", action="store_true", help="also measure peak memory at two corpus sizes")
     p.add_argument("--hf-baseline", action="store_true",
-                   help="also time transformers' GPT2Model forward on the same weights (needs transformers)")
+                   help="also time transformers' GPT2Model forward on the same weights and, on a GPU, a naive "
+                        "hook-based recorder on it (needs transformers)")
+    p.add_argument("--end-to-end", action="store_true", help="also time `nxd run --stages activations` "
+                   "on the bundled model, on the CPU and on --device")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    gpu = args.device.startswith("cuda")
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} seq_len={args.seq_len}")
-    for name in args.models.split(","):
+    for spec in args.models.split(","):
+        name, *size = spec.split(":")
+        n_seq = int(size[0]) if size else args.sequences
+        bs = int(size[1]) if len(size) > 1 else args.batch_size
         model = load(name, args.device, dtype)
-        data = batches(model, args.sequences, args.seq_len, args.batch_size, args.device)
+        data = batches(model, n_seq, args.seq_len, bs, args.device)
         hf = hf_twin(model, data[0][1]) if args.hf_baseline else None
-        time_pair(model, data[:1], args.seq_len, 1, args.device, hf)  # warm-up
-        r = time_pair(model, data, args.seq_len, args.repeats, args.device, hf)
-        print(f"{name}: {r['tokens']:,} tokens | bare forward {r['bare_s']:.3f}s ({r['bare_tok_s']:,.0f} tok/s) | "
+        timer = time_passes if gpu else time_pair
+        timer(model, data[:2], args.seq_len, 1, args.device, hf)  # warm-up (compiles the kernels)
+        r = timer(model, data, args.seq_len, args.repeats, args.device, hf)
+        print(f"{name}: {r['tokens']:,} tokens, batch {bs} | bare forward {r['bare_s']:.3f}s ({r['bare_tok_s']:,.0f} tok/s) | "
               f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s, finish {r['finish_s']:.3f}s) | "
               f"ratio {r['ratio']:.3f}x (median of {args.repeats}: {', '.join(f'{x:.3f}' for x in r['ratios'])}) "
               f"| recorder: {recorder_kind(args.device)}")
         if hf is not None:
-            print(f"{name}: transformers GPT2Model forward (same weights, same loop) {r['hf_tok_s']:,.0f} tok/s: "
+            print(f"{name}: transformers GPT2Model forward (same weights) {r['hf_tok_s']:,.0f} tok/s: "
                   f"recording runs at {r['record_tok_s'] / r['hf_tok_s']:.2f}x its speed")
+        if "peer_tok_s" in r:
+            print(f"{name}: naive peer (transformers + per-layer top-k hook) {r['peer_tok_s']:,.0f} tok/s: "
+                  f"recording runs at {r['record_tok_s'] / r['peer_tok_s']:.2f}x its speed")
         if args.memory:
-            small, large = args.sequences, args.sequences * 4
+            args.sequences, args.batch_size = n_seq, bs
+            small, large = n_seq, n_seq * 4
             m1, m2 = peak_memory(name, small, args), peak_memory(name, large, args)
-            key = "cuda" if args.device.startswith("cuda") else "rss"
+            key = "cuda" if gpu else "rss"
             print(f"{name}: peak {key} memory {m1[key]:,.0f} MiB at {small} sequences, {m2[key]:,.0f} MiB at {large} "
                   f"sequences (ratio {m2[key] / m1[key]:.3f})")
+        del model, data, hf
+    if args.end_to_end:
+        e = end_to_end(args.device, args.dtype)
+        print(f"nxd run --stages activations, bundled model: cpu {e['cpu']:.1f}s, {args.device} {e[args.device]:.1f}s "
+              f"({e['cpu'] / e[args.device]:.2f}x faster)")
 
 
 if __name__ == "__main__":

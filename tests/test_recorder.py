@@ -19,7 +19,7 @@ N_SEQ, T = 150, 16
 @pytest.fixture(params=["fused", "torch", "dense"])
 def path(request, monkeypatch):
     """Every implementation of the per-batch update: the fused CPU kernel, the sparse torch ops, and
-    the fixed-shape torch ops that CUDA runs."""
+    the fixed-shape torch ops (CUDA's fallback; the Triton kernels are in test_recorder_triton.py)."""
     monkeypatch.setenv("NX_RECORDER", request.param)
     assert cpu_kernel.available() == (request.param == "fused")
     return request.param
@@ -195,7 +195,8 @@ def test_fused_kernel_propagates_nan(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_recording_matches_cpu(model):
-    """The CUDA path (fixed-shape torch ops) against the CPU kernel on the same tokens; GPU matmuls
+    """The CUDA path (the Triton kernels; `test_recorder_triton.py` holds them to the torch ops bit for
+    bit) against the CPU kernel on the same tokens; GPU matmuls
     round differently, so activations agree to 1e-4 and the chosen sequences almost everywhere."""
     ids, toks = corpus()
     s = RecorderSettings(top_k=7, random_k=6, quantile_k=3, seed=11)

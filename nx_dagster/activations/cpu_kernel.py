@@ -33,8 +33,8 @@ _GUESS = bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.f
 
 def available() -> bool:
     """Whether the fused kernel can run: numba imported, and NX_RECORDER does not ask for the torch
-    ops instead (`torch`: sparse updates, `dense`: the fixed-shape updates CUDA uses)."""
-    return numba is not None and os.environ.get("NX_RECORDER", "").lower() not in ("torch", "dense")
+    ops instead (`torch`: sparse updates, `dense`: fixed-shape updates) or the Triton kernels."""
+    return numba is not None and os.environ.get("NX_RECORDER", "").lower() not in ("torch", "dense", "triton")
 
 
 if numba is not None:

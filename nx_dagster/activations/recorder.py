@@ -16,11 +16,13 @@ from typing import Callable, Iterable
 
 import torch
 
-from nx_dagster.activations import cpu_kernel
+from nx_dagster.activations import cpu_kernel, gpu_update
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch, bin_of
 from nx_dagster.activations.store import EMPTY, Activations, TopKStore, take_rows
+from nx_dagster.activations.transfer import records_to_host, to_device
+from nx_dagster.errors import NxInputError
 from nx_dagster.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,29 @@ class LayerRecord:
     n_tokens: int
 
 
+def choose_path(device: torch.device) -> str:
+    """How a layer applies each batch, chosen once: on the CPU the fused numba kernel ("fused"); on
+    CUDA the Triton kernels ("triton"), or fixed-shape torch ops ("dense") where Triton cannot run;
+    otherwise torch ops that update only the rows with a new candidate ("torch"). Every path keeps
+    the same records. NX_RECORDER=torch|dense|triton picks one (triton on the CPU: its interpreter)."""
+    env = os.environ.get("NX_RECORDER", "").lower()
+    if env == "triton":
+        if not gpu_update.usable(device):
+            raise NxInputError("NX_RECORDER=triton", f"the Triton kernels cannot run on {device}",
+                               "install triton (on a CPU-only torch it runs interpreted) or unset NX_RECORDER")
+        return "triton"
+    if device.type != "cpu":
+        return "triton" if env not in ("torch", "dense") and gpu_update.usable(device) else "dense"
+    if cpu_kernel.available():
+        return "fused"
+    return "dense" if env == "dense" else "torch"
+
+
 class LayerRecorder:
     _REFRESH = {0, 1, 2, 4, 8, 16}
 
-    def __init__(self, layer: int, neurons: torch.Tensor, seq_len: int, s: RecorderSettings, device):
+    def __init__(self, layer: int, neurons: torch.Tensor, seq_len: int, s: RecorderSettings, device,
+                 path: str | None = None):
         n = len(neurons)
         self.layer, self.neurons, self.s = layer, neurons.to(device), s
         self.lo, self.hi = int(neurons[0]), int(neurons[-1]) + 1
@@ -77,20 +98,18 @@ class LayerRecorder:
         self.batches = 0
         self._salt = neuron_salt(s.seed, layer, self.neurons)
         self.boundaries: torch.Tensor | None = None
-        # How each batch is applied, chosen once: the fused CPU kernel; on a GPU fixed-shape torch ops
-        # (no host sync, so batches queue back to back); NX_RECORDER=torch|dense picks the torch ops.
-        cpu = torch.device(device).type == "cpu"
-        self._fused = cpu and cpu_kernel.available()
-        self._dense = not cpu or os.environ.get("NX_RECORDER", "").lower() == "dense"
+        self._path = path or choose_path(torch.device(device))
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
         post = post[:, :, self.lo:self.hi]
         refresh = self.batches in self._REFRESH or self.batches % 32 == 0
         nbt = post.permute(2, 0, 1)
-        if self._fused and nbt.is_contiguous():
+        if self._path == "fused" and nbt.is_contiguous():
             cpu_kernel.update(self, seq_ids, nbt.float(), refresh)  # the same result, one fused pass
+        elif self._path == "triton" and nbt.is_contiguous():
+            gpu_update.update(self, seq_ids, nbt, refresh)  # the same result, two kernels
         else:
-            self._update_torch(seq_ids, post, refresh, self._dense)
+            self._update_torch(seq_ids, post, refresh, self._path != "torch")
         self.batches += 1
 
     def _update_torch(self, seq_ids: torch.Tensor, post: torch.Tensor, refresh: bool, dense: bool) -> None:
@@ -124,7 +143,8 @@ class LayerRecorder:
         rows = (b_ids.view(1, N_BINS) * n + cols[:, None]).reshape(-1)  # store rows, same order
         self.bins.update(keys.reshape(len(key), -1), acts, rows=rows, src=cols.repeat_interleave(N_BINS))
 
-    def finish(self) -> LayerRecord:
+    def finish(self, host: bool = True) -> LayerRecord:
+        """The layer's records: on the CPU, or (host=False) on the recorder's device."""
         top_keys, top_acts = self.top.sorted()
         rnd_keys, rnd_acts = self.random.sorted()
         # A boundary is its bucket's upper edge, never above the exact maximum (for every value seen,
@@ -154,16 +174,14 @@ class LayerRecorder:
             """(sequence ids, activations) with -1 and zeros in empty slots: fully deterministic."""
             valid = keys != EMPTY
             seq = torch.where(valid, key_seq_id(keys), -1)
-            acts = acts.float()  # a fresh tensor from the gathers above: safe to fill in place
-            if not bool(valid.all()):
-                acts.masked_fill_(~valid[..., None], 0.0)
-            return seq.cpu(), acts.cpu()
+            return seq, acts.float().masked_fill_(~valid[..., None], 0.0)  # fresh from the gathers above
 
-        return LayerRecord(
-            layer=self.layer, neurons=self.neurons.cpu(), top=out(top_keys, top_acts), random=out(rnd_keys, rnd_acts),
-            quantile=(torch.cat(picked_bins, 1).cpu(), *out(torch.cat(picked_keys, 1), picked_acts)),
-            stats={k: v.cpu() for k, v in stats.items()}, n_tokens=self.moments.n,
+        rec = LayerRecord(
+            layer=self.layer, neurons=self.neurons, top=out(top_keys, top_acts), random=out(rnd_keys, rnd_acts),
+            quantile=(torch.cat(picked_bins, 1), *out(torch.cat(picked_keys, 1), picked_acts)),
+            stats=stats, n_tokens=self.moments.n,
         )
+        return records_to_host([rec])[0] if host else rec
 
 
 class Recorder:
@@ -195,9 +213,10 @@ class Recorder:
                 self.extra(layer, token_ids, post)
 
     def step(self, seq_ids: torch.Tensor, token_ids: torch.Tensor) -> None:
+        # checked on the host copy where there is one (on a GPU tensor the check waits for the GPU)
         if int(seq_ids.max()) >= (1 << 31):
             raise ValueError("sequence ids must be below 2**31")
-        self._batch = (seq_ids.to(self.model.device), token_ids.to(self.model.device))
+        self._batch = (to_device(seq_ids, self.model.device), to_device(token_ids, self.model.device))
         self.model(self._batch[1], self.variant, on_mlp=self._on_mlp, layers=self.layers[-1] + 1, logits=False,
                    neuron_major=True)
         self.tokens += token_ids.numel()
@@ -205,7 +224,8 @@ class Recorder:
     def finish(self) -> dict[int, LayerRecord]:
         if self.tokens == 0:
             raise ValueError("no sequences to record")
-        return {layer: rec.finish() for layer, rec in self.recs.items()}
+        recs = records_to_host([rec.finish(host=False) for rec in self.recs.values()])
+        return {r.layer: r for r in recs}
 
 
 def record(

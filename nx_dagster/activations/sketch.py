@@ -34,14 +34,19 @@ def _edges() -> torch.Tensor:
 
 
 EDGES = _edges()  # [N_BUCKETS] float64, strictly increasing: the upper edge of each bucket
-_EDGES_ON: dict[torch.device, torch.Tensor] = {}
+_ON: dict[tuple, torch.Tensor] = {}
+
+
+def _on(device: torch.device, name, make) -> torch.Tensor:
+    """A constant tensor `make()` on `device`, copied there once (a host-to-GPU copy from pageable
+    memory waits for the GPU's queue: once per batch it would stall the back-to-back batches)."""
+    if (device, name) not in _ON:
+        _ON[(device, name)] = make().to(device)
+    return _ON[(device, name)]
 
 
 def _edges_on(device: torch.device) -> torch.Tensor:
-    """EDGES on `device`, copied there once (not once per batch: a copy per call would stall a GPU)."""
-    if device not in _EDGES_ON:
-        _EDGES_ON[device] = EDGES.to(device)
-    return _EDGES_ON[device]
+    return _on(device, "edges", lambda: EDGES)
 
 
 def bucket_of(values: torch.Tensor) -> torch.Tensor:
@@ -68,7 +73,7 @@ class MaxSketch:
         """[N, len(quantiles)] float64 quantile boundaries (bucket upper edges)."""
         cum = self.counts.cumsum(dim=1, dtype=torch.int32)  # [N, buckets], rows non-decreasing
         total = cum[:, -1:].double()
-        q = torch.tensor(quantiles, dtype=torch.float64, device=cum.device)
+        q = _on(cum.device, ("q", tuple(quantiles)), lambda: torch.tensor(quantiles, dtype=torch.float64))
         target = torch.ceil(q[None, :] * total).clamp_min(1).int()  # 1-based rank of each quantile
         bucket = torch.searchsorted(cum, target)  # first bucket whose running count reaches the rank
         return upper_edge(bucket.clamp(max=N_BUCKETS - 1))

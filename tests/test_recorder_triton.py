@@ -1,0 +1,154 @@
+"""The Triton recorder kernels (what CUDA runs) against the fused CPU kernel, the torch ops and brute
+force. Without a GPU they run in Triton's interpreter: slow, so the streams here are small."""
+
+import numpy as np
+import pytest
+import torch
+
+from nx_dagster.activations import RecorderSettings, gpu_update, record
+from nx_dagster.activations.recorder import LayerRecorder, choose_path
+from nx_dagster.activations.transfer import to_host
+
+triton_cpu = pytest.mark.skipif(not gpu_update.usable(torch.device("cpu")),
+                                reason="needs Triton in interpreter mode (pip install triton; no CUDA)")
+N_ALL, B, T = 12, 8, 8
+
+
+def _stream(n_batches=5):
+    """Ties (a half-step grid), a constant neuron, negatives, a NaN in one sequence of neuron 6; the
+    layer has 12 neurons and the recorder takes 1-10 (a sub-range)."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_batches):
+        x = torch.randn(B, T, N_ALL, generator=g) * torch.linspace(0.05, 3, N_ALL)
+        x[:, :, 1:4] = (x[:, :, 1:4] * 2).round() / 2
+        x[:, :, 4] = -0.05
+        if i == 3:
+            x[2, 5, 6] = float("nan")
+        nbt = x.permute(2, 0, 1).contiguous()  # neuron-major memory, as the forward pass hands it over
+        yield torch.arange(i * B, (i + 1) * B) * 5 + 2, nbt.permute(1, 2, 0)
+
+
+def _same(u: torch.Tensor, v: torch.Tensor) -> bool:
+    """Equal values, with NaN equal to NaN (the NaN sequence is recorded too)."""
+    if not u.is_floating_point():
+        return torch.equal(u, v)
+    return torch.equal(u.isnan(), v.isnan()) and torch.equal(u.nan_to_num(), v.nan_to_num())
+
+
+def _run(path: str, neurons=range(1, 11)):
+    s = RecorderSettings(top_k=3, random_k=3, quantile_k=2, seed=7)
+    rec = LayerRecorder(2, torch.arange(neurons.start, neurons.stop), T, s, "cpu", path=path)
+    for seq_ids, post in _stream():
+        rec.update(seq_ids, post)
+    return rec.sketch.counts.clone(), rec.boundaries.clone(), rec.finish()
+
+
+@pytest.mark.slow
+@triton_cpu
+def test_triton_kernels_match_cpu_kernel_and_brute_force():
+    """Bit-identical keys, sequence ids, activations, bins, sketch counts and boundaries; moments to
+    float rounding (another summation order)."""
+    counts, bounds, got = _run("triton")
+    for path in ("fused", "dense"):
+        c, b, want = _run(path)
+        assert torch.equal(counts, c) and torch.equal(bounds, b), path
+        for kind in ("top", "random", "quantile"):
+            for u, v in zip(getattr(got, kind), getattr(want, kind)):
+                assert _same(u, v), (path, kind)
+        assert torch.equal(got.stats["max"].isnan(), want.stats["max"].isnan())
+        for k in ("mean", "variance", "skewness", "kurtosis", "max"):
+            np.testing.assert_allclose(got.stats[k].numpy(), want.stats[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    # brute force: the top 3 sequences by maximum (ties: lower id first), NaN above everything
+    seqs, posts = zip(*_stream())
+    ids, acts = torch.cat(seqs), torch.cat(posts)[:, :, 1:11]  # [S, T, N]
+    seq_max = acts.amax(dim=1)
+    for n in range(10):
+        order = sorted(range(len(ids)), key=lambda i: (not seq_max[i, n].isnan(), -seq_max[i, n].nan_to_num().item(), ids[i].item()))[:3]
+        assert got.top[0][n].tolist() == [ids[i].item() for i in order], n
+        assert torch.equal(got.top[1][n], acts[order, :, n]) or seq_max[order, n].isnan().any()
+    assert got.stats["max"][5].isnan() and got.stats["mean"][5].isnan() and not got.stats["mean"][:5].isnan().any()
+    assert got.stats["skewness"][3].isnan() and (got.quantile[0] >= 0).sum() > 10  # constant neuron; bins filled
+
+
+@triton_cpu
+def test_triton_path_is_chosen_by_name_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("NX_RECORDER", "triton")
+    assert choose_path(torch.device("cpu")) == "triton"
+    monkeypatch.setenv("NX_RECORDER", "")
+    assert choose_path(torch.device("cpu")) in ("fused", "torch")
+
+
+def test_to_host_keeps_values_shapes_and_order():
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    ts = [torch.arange(6, device=dev).view(2, 3), torch.rand(4, 2, device=dev, dtype=torch.float64),
+          torch.tensor([], device=dev), torch.arange(5, device=dev) * 2, torch.rand(3, 1000, device=dev)]
+    for chunk in (64, 1 << 20):  # many chunks through the two staging buffers, and one
+        out = to_host(ts, chunk_bytes=chunk)
+        assert all(o.device.type == "cpu" and o.shape == t.shape and torch.equal(o, t.cpu()) for o, t in zip(out, ts))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triton_path_matches_torch_ops(monkeypatch, tmp_path):
+    """On the GPU the Triton kernels against the fixed-shape torch ops on the same activations: the
+    same records bit for bit (float32 and bfloat16), moments to float rounding."""
+    from nx_dagster.model import open_checkpoint
+    from tests.checkpoints import build_checkpoint
+    from tests.test_recorder import T as SEQ_LEN, batches, corpus
+
+    assert choose_path(torch.device("cuda")) == "triton"
+    model = open_checkpoint(str(build_checkpoint(tmp_path / "m", n_layer=2, n_embd=32, n_head=4))).load_model()
+    ids, toks = corpus()
+    s = RecorderSettings(top_k=7, random_k=6, quantile_k=3, seed=11)
+    for dtype in (torch.float32, torch.bfloat16):
+        m = model.to("cuda", dtype)
+        for neurons in (None, range(20, 90)):
+            got = record(m, batches(ids, toks, 32), "post_fix", [0, 1], SEQ_LEN, s, neurons)
+            monkeypatch.setenv("NX_RECORDER", "dense")
+            want = record(m, batches(ids, toks, 32), "post_fix", [0, 1], SEQ_LEN, s, neurons)
+            monkeypatch.delenv("NX_RECORDER")
+            for layer in (0, 1):
+                a, b = got[layer], want[layer]
+                for kind in ("top", "random", "quantile"):
+                    for u, v in zip(getattr(a, kind), getattr(b, kind)):
+                        assert torch.equal(u, v), (dtype, neurons, layer, kind)
+                assert torch.equal(a.stats["max"], b.stats["max"]) and torch.equal(a.stats["boundaries"], b.stats["boundaries"])
+                for k in ("mean", "variance", "skewness", "kurtosis"):
+                    np.testing.assert_allclose(a.stats[k], b.stats[k], rtol=1e-4, atol=1e-6)
+
+
+_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from nx_dagster.activations import triton_kernels as k
+ptr = lambda names, t: {n: '*' + t for n in names.split()}
+for fn, sig, consts in [
+    (k.layer_stats, {**ptr('nbt', 'bf16'), **ptr('shift seq_max', 'fp32'), **ptr('sums vmax edges', 'fp64'),
+                     **ptr('counts guess', 'i32'), 'B': 'i32', 'T': 'i32', 'N_BUCKETS': 'i32'},
+     {'BLOCK_B': 32, 'BLOCK_T': 64}),
+    (k.merge, {**ptr('nbt', 'bf16'), 'seq_max': '*fp32', **ptr('seq_ids salt', 'i64'), 'boundaries': '*fp64',
+               'B': 'i32', 'T': 'i32', **{f'{s}_{p}': t for s in ('top', 'rnd', 'bin') for p, t in
+               (('keys', '*i64'), ('acts', '*fp32'), ('floor', '*i64'))}, 'K_TOP': 'i32', 'K_RND': 'i32', 'K_BIN': 'i32'},
+     {'BLOCK_B': 512, 'BLOCK_T': 64, 'BLOCK_K': 32, 'N_BINS': 5}),
+]:
+    sig = {a: sig.get(a, 'constexpr') for a in fn.arg_names}
+    out = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget('cuda', 90, 32))
+    assert len(out.asm['cubin']) > 1000
+    print(fn.__name__, 'compiled')
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(gpu_update.load() is None, reason="needs Triton")
+def test_triton_kernels_compile_for_hopper():
+    """What the interpreter cannot show: both kernels go through Triton's real compiler down to an
+    sm_90 (H100/H200) binary, in bfloat16 (a fresh process: this one runs Triton interpreted)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    out = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["layer_stats", "compiled", "merge", "compiled"]
