@@ -85,11 +85,15 @@ class Catalog:
                 "point NX_HOME at a folder you can write to, or fix its permissions",
             ) from e
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, read_only: bool = False, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the catalog attached as `nx` and selected, tables created.
 
         `read_only` (what `nxd sql` uses) writes nothing under NX_HOME, so a shared or read-only
-        data root can be queried; it needs a catalog that a run has already created."""
+        data root can be queried; it needs a catalog that a run has already created. `snapshot` (a
+        DuckLake snapshot id; read-only only) attaches the whole catalog as it was at that snapshot:
+        the one way to read a release or any past state."""
+        if snapshot is not None and not read_only:
+            raise ValueError("a catalog attached at a past snapshot is read-only: pass read_only=True")
         if read_only:
             if not self.catalog_path.is_file():
                 raise NxInputError(
@@ -103,7 +107,8 @@ class Catalog:
             load_extension(con, ext)
         self._retry(lambda: con.execute(
             f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''})"
+            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''}"
+            f"{f', SNAPSHOT_VERSION {int(snapshot)}' if snapshot is not None else ''})"
         ))
         con.execute(f"USE {ALIAS}")
         if read_only:
@@ -112,21 +117,22 @@ class Catalog:
             "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
         missing = [t for t in TABLES if t not in existing]
         if missing:
-            with self._writer_lock():
+            with self.writer_lock():
                 for t in missing:
                     self._retry(lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({TABLES[t]})"))
         return con
 
     @contextlib.contextmanager
-    def session(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self.connect(read_only)
+    def session(self, read_only: bool = False, snapshot: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect(read_only, snapshot)
         try:
             yield con
         finally:
             con.close()
 
     @contextlib.contextmanager
-    def _writer_lock(self):
+    def writer_lock(self):
+        """Exclusive against every other writer of this root (held around each commit)."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -173,7 +179,7 @@ class Catalog:
             own = con is None
             con = con or self.connect()
             try:
-                with self._writer_lock():
+                with self.writer_lock():
                     return self._retry(lambda: self._commit(con, prepared, message))
             finally:
                 if own:
