@@ -61,6 +61,35 @@ def release_snapshot(catalog: Catalog, name: str) -> int:
     return found[name]
 
 
+def read_release(catalog: Catalog, name: str) -> dict:
+    """The `releases` row of `name` with its manifest parsed. Raises NxInputError if unknown."""
+    release_snapshot(catalog, name)
+    with catalog.session(read_only=True) as con:
+        cur = con.execute("SELECT * FROM releases WHERE release = ?", [name])
+        row = dict(zip([d[0] for d in cur.description], cur.fetchone()))
+    row["manifest"] = json.loads(row["manifest"])
+    return row
+
+
+def check_new_name(catalog: Catalog, name: str) -> None:
+    """Raise NxInputError unless `name` is well formed and not yet used (the catalog must exist)."""
+    _check_form(name)
+    with catalog.session(read_only=True) as con:
+        _check_unused(name, _existing(con))
+
+
+def _check_form(name: str) -> None:
+    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
+        raise NxInputError(f"release name {name!r}", "is not a valid name",
+                           "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+def _check_unused(name: str, existing: list[tuple[str, int]]) -> None:
+    if name in dict(existing):
+        raise NxInputError(f"release name {name!r}", f"is already taken ({_listing([r for r, _ in existing])})",
+                           "choose a new name: a release is immutable and its name is never reused")
+
+
 def protected_snapshots(catalog: Catalog) -> set[int]:
     """Snapshots that snapshot expiry, compaction clean-up or garbage collection must keep: those of every
     release (plus the current one, which expiry never removes anyway)."""
@@ -90,16 +119,12 @@ def create_release(catalog: Catalog, name: str, message: str = "",
 
     `code_versions` maps table -> {asset: code version} of the assets that produced it (the Dagster
     layer knows them). Raises NxInputError, before anything is written, for a malformed or used name."""
-    if not isinstance(name, str) or not NAME_RULE.fullmatch(name):
-        raise NxInputError(f"release name {name!r}", "is not a valid name",
-                           "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    _check_form(name)
     con = catalog.connect()  # creates missing tables; before the lock (it takes it itself)
     try:
         with catalog.writer_lock():  # no other commit until the release row is in: the snapshot is stable
             existing = _existing(con)
-            if name in dict(existing):
-                raise NxInputError(f"release name {name!r}", f"is already taken ({_listing([r for r, _ in existing])})",
-                                   "choose a new name: a release is immutable and its name is never reused")
+            _check_unused(name, existing)
             return catalog._retry(lambda: _freeze(catalog, con, name, message, code_versions or {}, existing))
     finally:
         con.close()
