@@ -188,3 +188,20 @@ def test_failed_or_refused_release_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.undo()
     create_release(cat, "r1")  # the name was never taken
     assert [r[0] for r in state(cat)[1]] == ["r1"]
+
+
+def test_rewriting_unchanged_rows_adds_no_snapshot(tmp_path):
+    cat = Catalog(tmp_path / "home")
+    rows = lambda n, t: pa.table({"model": ["m"] * n, "n_layer": pa.array([2] * n, pa.int32()),  # noqa: E731
+                                  "created_at": pa.array([t] * n, pa.timestamp("us", tz="UTC"))})
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    first = cat.replace_if_changed("models", rows(1, now), {"model": "m"}, ignore=("created_at",))
+    later = now + dt.timedelta(hours=1)
+    assert cat.replace_if_changed("models", rows(1, later), {"model": "m"}, ignore=("created_at",)) == first
+    assert cat.replace_if_changed("models", iter([rows(1, later)]), {"model": "m"}, ignore=("created_at",)) == first
+    assert cat.query("SELECT created_at FROM models").column(0)[0].as_py() == now.replace(microsecond=now.microsecond)
+    assert cat.replace_if_changed("models", rows(1, later), {"model": "m"}) > first  # created_at counts here
+    assert cat.replace_if_changed("models", rows(2, later), {"model": "m"}, ignore=("created_at",)) > first + 1
+    assert cat.query("SELECT count(*) FROM models").column(0)[0].as_py() == 2

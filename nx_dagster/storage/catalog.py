@@ -185,6 +185,54 @@ class Catalog:
                 if own:
                     con.close()
 
+    def replace_if_changed(
+        self, table: str, rows: pa.Table | Iterable[pa.Table], keys: dict[str, object], message: str = "",
+        ignore: Sequence[str] = (),
+    ) -> int:
+        """Like `replace`, but when the partition already holds exactly these rows (as a multiset, the
+        `ignore` columns left out: e.g. a creation time) nothing is written and the current snapshot is
+        returned, so re-running an unchanged step adds no files and no snapshot (releases stay small)."""
+        with contextlib.ExitStack() as stack:
+            if not isinstance(rows, pa.Table):
+                rows = stack.enter_context(self._staged(rows))
+            cond, params = _where(keys)
+            con = self.connect()
+            try:
+                with self.writer_lock():
+                    if self._holds(con, table, rows, cond, params, ignore):
+                        log.info("%s: partition %s unchanged, nothing written", table, keys)
+                        return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
+                    return self._retry(lambda: self._commit(con, [(table, rows, cond, params)], message))
+            finally:
+                con.close()
+
+    @staticmethod
+    def _holds(con, table: str, rows: pa.Table | str, cond: str, params: list, ignore: Sequence[str]) -> bool:
+        """Whether `table WHERE cond` holds the same multiset of rows as `rows` (count and the sum of
+        md5 row hashes over the table's columns, cast to the table's types; `ignore` columns left out)."""
+        columns = [(c, t) for c, t in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = ? AND table_name = ? "
+            "ORDER BY ordinal_position", [ALIAS, table]).fetchall() if c not in ignore]
+        if isinstance(rows, pa.Table):
+            con.register("_incoming", rows)
+            source, present = "_incoming", set(rows.column_names)
+        elif rows:
+            source = rows
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rows}").fetchall()}
+        else:
+            source, present = "(SELECT 1 WHERE false)", set()
+        pick = lambda have: ", ".join(  # noqa: E731
+            f"CAST({c} AS {t}) AS {c}" if c in have else f"NULL::{t} AS {c}" for c, t in columns)
+        digest = "SELECT count(*), coalesce(sum(md5_number_lower(CAST(_r AS VARCHAR))::HUGEINT), 0) FROM ({}) _r"
+        try:
+            new = con.execute(digest.format(f"SELECT {pick(present)} FROM {source}")).fetchone()
+            old = con.execute(digest.format(f"SELECT {pick({c for c, _ in columns})} FROM {table} WHERE {cond}"),
+                              params).fetchone()
+        finally:
+            if isinstance(rows, pa.Table):
+                con.unregister("_incoming")
+        return new == old
+
     @contextlib.contextmanager
     def _staged(self, tables: Iterable[pa.Table]) -> Iterator[str]:
         import pyarrow.parquet as pq
