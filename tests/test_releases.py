@@ -9,10 +9,7 @@ import pyarrow as pa
 import pytest
 
 from assets.activations import ACTIVATIONS_VERSION
-from assets.definitions import defs
 from assets.instance import open_instance
-from assets.llm import LLMResource
-from assets.resources import NxResource
 from nx_dagster.cli import main
 from nx_dagster.errors import NxInputError
 from nx_dagster.storage import Catalog
@@ -79,11 +76,9 @@ def test_release_change_one_layer_release_again(env, capsys):
     assert all(e["rows"] > 0 for t, e in m1["tables"].items() if t != "llm_calls")
     assert m1["changelog"]["neurons_changed"] == 2 * 2 * 128  # every neuron's best explanation is new in r1
 
-    # one layer changes: post_fix layer 1 re-recorded with another setting (top_k 4 -> 3), as the UI would
-    nx = NxResource(home=str(home), model=str(ckpt), corpus=str(corpus), seq_len=16, top_k=3, random_k=3, quantile_k=1)
-    with open_instance(cat) as instance:
-        assert dg.materialize(list(defs().assets), selection=["post_fix/activations"], partition_key="1",
-                              instance=instance, resources={"nx": nx, "llm": LLMResource()}).success
+    # one layer changes: post_fix layer 1 re-recorded with another setting (top_k 4 -> 3), the README's way
+    again = [a if a != "4" else "3" for a in args]
+    assert main(["run", *again, "--stages", "activations", "--variants", "post_fix", "--layers", "1"]) == 0
     assert main(["release", "r2", "--home", str(home)]) == 0
     m2 = read_release(cat, "r2")["manifest"]
     assert m2["parent_release"] == "r1"
