@@ -117,7 +117,7 @@ class Catalog:
             "SELECT table_name FROM information_schema.tables WHERE table_catalog = ?", [ALIAS]).fetchall()}
         missing = [t for t in TABLES if t not in existing]
         if missing:
-            with self.writer_lock():
+            with self._writer_lock():
                 for t in missing:
                     self._retry(lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({TABLES[t]})"))
         return con
@@ -131,8 +131,7 @@ class Catalog:
             con.close()
 
     @contextlib.contextmanager
-    def writer_lock(self):
-        """Exclusive against every other writer of this root (held around each commit)."""
+    def _writer_lock(self):
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -179,7 +178,7 @@ class Catalog:
             own = con is None
             con = con or self.connect()
             try:
-                with self.writer_lock():
+                with self._writer_lock():
                     return self._retry(lambda: self._commit(con, prepared, message))
             finally:
                 if own:
@@ -198,7 +197,7 @@ class Catalog:
             cond, params = _where(keys)
             con = self.connect()
             try:
-                with self.writer_lock():
+                with self._writer_lock():
                     if self._holds(con, table, rows, cond, params, ignore):
                         log.info("%s: partition %s unchanged, nothing written", table, keys)
                         return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
