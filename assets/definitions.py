@@ -8,6 +8,7 @@ from assets.activations import ACTIVATION_ASSETS
 from assets.connections import CONNECTION_ASSETS
 from assets.explain import EXPLAIN_ASSETS
 from assets.llm import LLMResource
+from assets.release import RELEASE_ASSETS
 from assets.resources import NxResource
 
 
@@ -19,7 +20,7 @@ def _llm() -> LLMResource:
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS],
+        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS, *RELEASE_ASSETS],
         resources={"nx": NxResource(), "llm": _llm()},
         jobs=[
             dg.define_asset_job("activations_job", selection=dg.AssetSelection.assets(
@@ -28,5 +29,7 @@ def defs() -> dg.Definitions:
             dg.define_asset_job("explain_job", selection=dg.AssetSelection.assets(
                 *[[v, a] for v in ("pre_fix", "post_fix") for a in ("explanations", "scores")],
                 ["post_fix", "scores_of_pre_fix_explanations"])),
+            dg.define_asset_job("release_job", selection=dg.AssetSelection.assets("release"),
+                                description="Freeze every table into a named release (config: name, message)."),
         ],
     )

@@ -159,7 +159,7 @@ def cmd_sql(args) -> int:
             "nxd sql only reads: tables change through `nxd run` (or Dagster)" if read_only
             else "correct the SQL; `SHOW TABLES` and the README's SQL contract list the tables and columns")
 
-    with cat.session(read_only=True) as con:
+    with cat.session(read_only=True, snapshot=_release_snapshot(cat, args.release)) as con:
         try:
             statements = con.extract_statements(args.query)
         except duckdb.Error as e:
@@ -323,6 +323,51 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def _release_snapshot(catalog, name: str | None) -> int | None:
+    """The snapshot of release `name` (None: the current state); an unknown name lists the releases."""
+    if name is None:
+        return None
+    from nx_dagster.storage.releases import release_snapshot
+
+    return release_snapshot(catalog, name)
+
+
+def cmd_release(args) -> int:
+    """Make release NAME through the root's Dagster instance (it shows as a `release` materialization)."""
+    import dagster as dg
+
+    from assets.console import console_logger
+    from assets.definitions import defs
+    from assets.instance import open_instance
+    from assets.resources import NxResource
+    from nx_dagster.storage.releases import check_new_name, read_release
+
+    nx = NxResource(home=args.home)
+    check_new_name(nx.catalog, args.name)  # before a run starts: a taken or malformed name changes nothing
+    definitions = defs()
+    job = dg.Definitions(
+        jobs=[dg.define_asset_job("nxd_release", selection=["release"])], assets=list(definitions.assets),
+        resources={"nx": nx, "llm": definitions.resources["llm"]}, loggers={"console": console_logger},
+    ).resolve_job_def("nxd_release")
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                  "ops": {"release": {"config": {"name": args.name, "message": args.message or ""}}}}
+    result = job.execute_in_process(run_config=run_config, instance=open_instance(nx.catalog), raise_on_error=False)
+    if not result.success:
+        error = input_error_of(result)
+        if error is not None:
+            raise error
+        raise SystemExit(f"nxd: release run {result.run_id} failed; nothing was released (see the Dagster UI)")
+    m = read_release(nx.catalog, args.name)["manifest"]
+    t = m["totals"]
+    print(f"release {args.name}: snapshot {m['snapshot']}, parent {m['parent_release'] or '-'}; {t['rows']} rows in "
+          f"{t['files']} files ({t['bytes']} bytes), new: {t['new_files']} files ({t['new_bytes']} bytes)")
+    for table, change in m["changelog"]["tables"].items():
+        if any(change.values()):
+            print(f"  {table}: +{change['added']} added, ~{change['changed']} changed, -{change['removed']} removed")
+    print(f"  neurons whose best explanation or score changed: {m['changelog']['neurons_changed']}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     """`dagster dev` on this project's code location with the data root's own instance (its history)."""
     import subprocess
@@ -372,7 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.add_argument("--home", help="NX_HOME (default ./nx_data)")
     q.add_argument("--max-rows", type=int, default=40)
+    q.add_argument("--release", help="query the catalog as it was in this release (read-only)")
     q.set_defaults(fn=cmd_sql)
+    rel = sub.add_parser("release", help="freeze every table into an immutable, named release")
+    rel.add_argument("name", help="a new name: 1-64 letters, digits, '.', '_' or '-'")
+    rel.add_argument("--message", help="a note stored with the release")
+    rel.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    rel.set_defaults(fn=cmd_release)
     u = sub.add_parser("ui", help="open the Dagster UI on a data root's own run history")
     u.add_argument("--home", help="NX_HOME (default ./nx_data)")
     u.add_argument("--port", type=int, default=3000)

@@ -19,6 +19,7 @@ def bundled_run(tmp_path_factory):
         mp.delenv(var, raising=False)
     try:
         assert main(["run", "--max-sequences", "320"]) == 0
+        assert main(["release", "r1", "--message", "the README's examples query this release"]) == 0
     finally:
         mp.undo()
     return root

@@ -55,7 +55,7 @@ def write_model(catalog: Catalog, s: Subject) -> dict:
         "checkpoint_sha256": [s.ckpt.sha256], "data_version": [s.ckpt.data_version], "source": [s.ckpt.source],
         "created_at": pa.array([dt.datetime.now(dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
     })
-    snap = catalog.replace("models", row, {"model": s.name}, f"models {s.name}")
+    snap = catalog.replace_if_changed("models", row, {"model": s.name}, f"models {s.name}", ignore=("created_at",))
     return {"model": s.name, "n_layer": c.n_layer, "n_neurons_per_layer": c.n_neurons, "d_model": c.n_embd,
             "vocab_size": c.vocab_size, "checkpoint_sha256": s.ckpt.sha256, "snapshot": snap}
 
@@ -72,8 +72,8 @@ def write_sequences(catalog: Catalog, s: Subject) -> dict:
             counted["rows"] += t.num_rows
             yield t
 
-    snap = catalog.replace("sequences", batches(), {"model": s.name, "corpus": s.corpus.name},
-                           f"sequences {s.name}/{s.corpus.name}")
+    snap = catalog.replace_if_changed("sequences", batches(), {"model": s.name, "corpus": s.corpus.name},
+                                      f"sequences {s.name}/{s.corpus.name}")
     return {"corpus": s.corpus.name, "sequences": counted["rows"], "tokens": counted["rows"] * s.corpus.seq_len,
             "seq_len": s.corpus.seq_len, "snapshot": snap}
 

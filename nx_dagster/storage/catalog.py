@@ -128,11 +128,15 @@ class Catalog:
                         "created was removed", "free space on that disk (`nxd gc --apply` removes files no "
                         "snapshot references) or point NX_HOME at a disk with room")
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, read_only: bool = False, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the catalog attached as `nx` and selected, tables created.
 
         `read_only` (what `nxd sql` uses) writes nothing under NX_HOME, so a shared or read-only
-        data root can be queried; it needs a catalog that a run has already created."""
+        data root can be queried; it needs a catalog that a run has already created. `snapshot` (a
+        DuckLake snapshot id; read-only only) attaches the whole catalog as it was at that snapshot:
+        the one way to read a release or any past state."""
+        if snapshot is not None and not read_only:
+            raise ValueError("a catalog attached at a past snapshot is read-only: pass read_only=True")
         if read_only:
             if not self.catalog_path.is_file():
                 raise NxInputError(
@@ -146,7 +150,8 @@ class Catalog:
             load_extension(con, ext)
         self._retry(lambda: con.execute(
             f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''})"
+            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''}"
+            f"{f', SNAPSHOT_VERSION {int(snapshot)}' if snapshot is not None else ''})"
         ))
         con.execute(f"USE {ALIAS}")
         if read_only:
@@ -170,8 +175,8 @@ class Catalog:
         return con
 
     @contextlib.contextmanager
-    def session(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self.connect(read_only)
+    def session(self, read_only: bool = False, snapshot: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect(read_only, snapshot)
         try:
             yield con
         finally:
@@ -258,6 +263,57 @@ class Catalog:
 
     def _data_files(self) -> set[Path]:
         return {p for p in self.data_path.rglob("*") if p.is_file()} if self.data_path.is_dir() else set()
+
+    def replace_if_changed(
+        self, table: str, rows: pa.Table | Iterable[pa.Table], keys: dict[str, object], message: str = "",
+        ignore: Sequence[str] = (),
+    ) -> int:
+        """Like `replace`, but when the partition already holds exactly these rows (as a multiset, the
+        `ignore` columns left out: e.g. a creation time) nothing is written and the current snapshot is
+        returned, so re-running an unchanged step adds no files and no snapshot (releases stay small)."""
+        with contextlib.ExitStack() as stack:
+            if not isinstance(rows, pa.Table):
+                rows = stack.enter_context(self._staged(rows))
+            cond, params = _where(keys)
+            con = self.connect()
+            try:
+                with self._writer_lock():
+                    if self._holds(con, table, rows, cond, params, ignore):
+                        log.info("%s: partition %s unchanged, nothing written", table, keys)
+                        return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
+                    before = self._data_files()
+                    self._retry(lambda: self._commit(con, [(table, rows, cond, params)], message, before))
+                    return self._retry(lambda: con.execute(
+                        f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
+            finally:
+                con.close()
+
+    @staticmethod
+    def _holds(con, table: str, rows: pa.Table | str, cond: str, params: list, ignore: Sequence[str]) -> bool:
+        """Whether `table WHERE cond` holds the same multiset of rows as `rows` (count and the sum of
+        md5 row hashes over the table's columns, cast to the table's types; `ignore` columns left out)."""
+        columns = [(c, t) for c, t in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = ? AND table_name = ? "
+            "ORDER BY ordinal_position", [ALIAS, table]).fetchall() if c not in ignore]
+        if isinstance(rows, pa.Table):
+            con.register("_incoming", rows)
+            source, present = "_incoming", set(rows.column_names)
+        elif rows:
+            source = rows
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rows}").fetchall()}
+        else:
+            source, present = "(SELECT 1 WHERE false)", set()
+        pick = lambda have: ", ".join(  # noqa: E731
+            f"CAST({c} AS {t}) AS {c}" if c in have else f"NULL::{t} AS {c}" for c, t in columns)
+        digest = "SELECT count(*), coalesce(sum(md5_number_lower(CAST(_r AS VARCHAR))::HUGEINT), 0) FROM ({}) _r"
+        try:
+            new = con.execute(digest.format(f"SELECT {pick(present)} FROM {source}")).fetchone()
+            old = con.execute(digest.format(f"SELECT {pick({c for c, _ in columns})} FROM {table} WHERE {cond}"),
+                              params).fetchone()
+        finally:
+            if isinstance(rows, pa.Table):
+                con.unregister("_incoming")
+        return new == old
 
     @contextlib.contextmanager
     def _staged(self, tables: Iterable[pa.Table]) -> Iterator[str]:

@@ -51,4 +51,34 @@ TABLES: dict[str, str] = {
         response_json VARCHAR, status VARCHAR, http_status INTEGER, error VARCHAR, prompt_tokens BIGINT,
         completion_tokens BIGINT, cost_usd DOUBLE, latency_s DOUBLE, attempts INTEGER,
         created_at TIMESTAMP WITH TIME ZONE""",
+    # Written only by a release (nx_dagster/storage/releases.py), never replaced: one row per release.
+    "releases": """
+        release VARCHAR, created_at TIMESTAMP WITH TIME ZONE, snapshot BIGINT, parent_release VARCHAR,
+        manifest VARCHAR, message VARCHAR, parent_snapshot BIGINT, n_rows BIGINT, n_files BIGINT,
+        total_bytes BIGINT, new_files BIGINT, new_bytes BIGINT""",
+    "release_neuron_changes": """
+        release VARCHAR, parent_release VARCHAR, model VARCHAR, gelu_variant VARCHAR, layer INTEGER,
+        neuron INTEGER, change VARCHAR, old_explanation_id VARCHAR, old_explanation VARCHAR, old_score DOUBLE,
+        new_explanation_id VARCHAR, new_explanation VARCHAR, new_score DOUBLE""",
+}
+
+# The tables a release freezes (the release bookkeeping itself is not part of a release's content).
+RELEASE_TABLES = ("releases", "release_neuron_changes")
+DATA_TABLES = tuple(t for t in TABLES if t not in RELEASE_TABLES)
+
+# Columns that identify a row's "slot" for a release changelog: a slot present only in the new release is
+# added, only in the parent removed, in both with other content changed.
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "models": ("model",),
+    "sequences": ("model", "corpus", "sequence_id"),
+    "activation_records": ("model", "corpus", "gelu_variant", "layer", "neuron", "kind", "quantile", "rank"),
+    "neuron_stats": ("model", "corpus", "gelu_variant", "layer", "neuron"),
+    "gelu_fix_impact": ("model", "corpus", "layer"),
+    "neuron_connections": ("model", "layer", "neuron", "direction", "sign", "rank"),
+    "token_connections": ("model", "layer", "neuron", "direction", "sign", "rank"),
+    "token_activation_summary": ("model", "corpus", "gelu_variant", "layer", "neuron", "rank"),
+    "explanations": ("explanation_id",),
+    "simulations": ("explanation_id", "gelu_variant", "simulator", "simulator_model", "sequence_id", "kind", "split"),
+    "scores": ("explanation_id", "gelu_variant", "simulator", "simulator_model"),
+    "llm_calls": ("call_key",),
 }
