@@ -60,7 +60,7 @@ def _manifest(url: str) -> dict:
         return {}
 
 
-def _shape(root: str, manifest: dict, catalog: Catalog, model: str) -> tuple[int, int]:
+def _shape(root: str, manifest: dict, con, model: str) -> tuple[int, int]:
     if manifest.get("n_layer"):
         return int(manifest["n_layer"]), int(manifest["n_neurons"])
     fs, path = fsspec.core.url_to_fs(f"{root}/{KINDS['records']}")
@@ -71,19 +71,19 @@ def _shape(root: str, manifest: dict, catalog: Catalog, model: str) -> tuple[int
         neurons = [int(Path(p).stem) for p in files if Path(p).stem.isdigit()]
         return layers[-1] + 1, max(neurons) + 1
     except (OSError, IndexError, ValueError, NotImplementedError):
-        row = catalog.query("SELECT n_layer, n_neurons FROM models WHERE model = ?", [model]).to_pylist()
+        row = con.execute("SELECT n_layer, n_neurons FROM models WHERE model = ?", [model]).fetchone()
         if row:
-            return row[0]["n_layer"], row[0]["n_neurons"]
+            return row[0], row[1]
     raise NxInputError(f"import URL {root!r}", "has no manifest.json and its layers cannot be listed",
                        "import into a --model whose `models` row gives the shape, or a local/s3 copy")
 
 
-def _ensure_source_columns(catalog: Catalog) -> None:
-    with catalog.session() as con:
-        for table in NeuronRows("", "", 0, 0).rows:
-            cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-            if "source" not in cols:
-                con.execute(f"ALTER TABLE {table} ADD COLUMN source VARCHAR")
+def _ensure_source_columns(con) -> None:
+    """Catalogs created before the `source` column existed get it (NULL for their rows)."""
+    for table in NeuronRows("", "", 0, 0).rows:
+        cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        if "source" not in cols:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN source VARCHAR")
 
 
 def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, pool, missing: dict) -> NeuronRows:
@@ -112,9 +112,15 @@ def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, 
 def import_openai(catalog: Catalog, url: str, model: str = DEFAULT_MODEL, corpus: str = PUBLISHED,
                   threads: int = 16, progress: bool = True) -> dict:
     """Import `url`; returns counts: layers imported / already there, rows per table, missing files per kind."""
+    with catalog.session() as con:
+        return _import(catalog, con, url, model, corpus, threads, progress)
+
+
+def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: int, progress: bool) -> dict:
     root, only, manifest = resolve(url)
-    n_layer, n_neurons = _shape(root, manifest, catalog, model)
-    existing = catalog.query("SELECT n_layer, n_neurons, checkpoint_sha256 FROM models WHERE model = ?", [model]).to_pylist()
+    n_layer, n_neurons = _shape(root, manifest, con, model)
+    existing = con.execute("SELECT n_layer, n_neurons, checkpoint_sha256 FROM models WHERE model = ?",
+                           [model]).fetch_arrow_table().to_pylist()
     if existing and existing[0]["checkpoint_sha256"]:
         raise NxInputError(f"--model {model!r}", "is a model computed from a checkpoint in this catalog",
                            "import under a new --model name (default openai-gpt2-small)")
@@ -144,7 +150,7 @@ def import_openai(catalog: Catalog, url: str, model: str = DEFAULT_MODEL, corpus
             for k, v in json.loads((folder / "parsed").read_text()).items():
                 missing[k] = missing.get(k, 0) + v
             bar.update()
-    _ensure_source_columns(catalog)
+    _ensure_source_columns(con)
     models_row = rows_to_table("models", [{"model": model, "n_layer": n_layer, "n_neurons": n_neurons, "source": root}])
     done = 0
     for layer in layers:  # phase 2: one transaction per layer
@@ -168,7 +174,7 @@ def import_openai(catalog: Catalog, url: str, model: str = DEFAULT_MODEL, corpus
             ("explanations", src("explanations"), {**lk, "gelu_variant": VARIANT, "explainer": PUBLISHED}),
             ("simulations", src("simulations"), sk), ("scores", src("scores"), sk),
             ("neuron_connections", src("neuron_connections"), lk), ("token_connections", src("token_connections"), lk),
-        ], f"import {url} layer {layer} as {model}")
+        ], f"import {url} layer {layer} as {model}", con=con)
         for table in ("activation_records", "explanations", "neuron_connections"):
             counts[table] = counts.get(table, 0) + pq.read_metadata(folder / f"{table}.parquet").num_rows
         (folder / "committed").write_text("")

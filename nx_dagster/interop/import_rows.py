@@ -34,7 +34,7 @@ class NeuronRows:
             "sequences", "activation_records", "neuron_stats", "explanations", "simulations", "scores",
             "token_activation_summary", "neuron_connections", "token_connections")}
         self.seen: dict[int, None] = {}
-        self.kinds: dict[tuple[int, int], tuple[str, str | None]] = {}  # (neuron, sequence_id) → (kind, split)
+        self.kinds: dict[tuple[int, int], list[tuple[str, str]]] = {}  # (neuron, sequence_id) → [(kind, split)]
 
     def _check_id(self, rd: Reader, obj: dict, neuron: int) -> None:
         layer, idx = rd.neuron_id(obj)
@@ -70,7 +70,7 @@ class NeuronRows:
                 vals = [a for a in acts if a is not None]
                 split = None if kind == "quantile" else (TOP_SPLITS if kind == "top" else RANDOM_SPLITS)[rank % (4 if kind == "top" else 3)]
                 if kind != "quantile":
-                    self.kinds.setdefault((neuron, sid), (kind, split))
+                    self.kinds.setdefault((neuron, sid), []).append((kind, split))
                 mx = max(vals) if vals else None
                 if kind == "top" and rank == 0:
                     top_max = mx
@@ -94,7 +94,7 @@ class NeuronRows:
             where = f"{where}.scored_simulation"
             common = {**self._base(neuron, source), "explanation_id": e.explanation_id, "gelu_variant": VARIANT,
                       "explanation_gelu_variant": VARIANT, "explainer": PUBLISHED, "simulator": PUBLISHED}
-            n_tokens = 0
+            n_tokens, avail, phase = 0, {}, "top"
             for j, sss in enumerate(rd.get(sim, "scored_sequence_simulations", where, list)):
                 w = f"{where}.scored_sequence_simulations[{j}]"
                 rd.cls(sss, w, "ScoredSequenceSimulation")
@@ -105,7 +105,8 @@ class NeuronRows:
                 expected = rd.floats(s, "expected_activations", f"{w}.simulation", len(tokens))
                 true = rd.floats(sss, "true_activations", w, len(tokens))
                 sid = self._sequence(tokens, source)
-                kind, split = self.kinds.get((neuron, sid), ("top" if j < 5 else "random", "valid"))
+                kind, split = self._kind(avail.setdefault(sid, list(self.kinds.get((neuron, sid), []))), j, phase)
+                phase = "random" if kind == "random" else phase
                 n_tokens += len(tokens)
                 self.rows["simulations"].append({**common, "simulator_model": None, "sequence_id": sid, "kind": kind,
                                                  "split": split, "expected_activations": expected,
@@ -115,6 +116,19 @@ class NeuronRows:
                 "ev_correlation": rd.get(sim, "ev_correlation_score", where, float, nullable=True),
                 "rsquared": rd.get(sim, "rsquared_score", where, float, nullable=True),
                 "absolute_dev_explained": rd.get(sim, "absolute_dev_explained_score", where, float, nullable=True)})
+
+    @staticmethod
+    def _kind(cands: list, j: int, phase: str) -> tuple[str, str]:
+        """Kind and split of the j-th scored sequence, taken (and removed) from `cands`, the neuron's records
+        with its excerpt not yet matched in this explanation: valid-split records first, top records before
+        random ones (the files list top first); the viewer's rule (first 5 top) where no record holds it."""
+        kinds = ("top", "random") if phase == "top" else ("random",)
+        for valid_only in (True, False):
+            for kind in kinds:
+                for i, (k, split) in enumerate(cands):
+                    if k == kind and (split == "valid" or not valid_only):
+                        return cands.pop(i)
+        return ("top" if j < 5 else "random"), "valid"
 
     def add_token_activations(self, rd: Reader, obj: dict, neuron: int, source: str) -> None:
         rd.cls(obj, "<file>", "TokenLookupTableSummaryOfNeuron")
