@@ -221,7 +221,14 @@ def cmd_import(args) -> int:
 
     catalog = Catalog(args.home or None)
     catalog.check_writable()
-    out = import_openai(catalog, args.url, args.model, threads=args.threads, progress=not args.quiet)
+    shape = None
+    if args.shape:
+        try:
+            shape = tuple(int(x) for x in args.shape.lower().split("x"))
+            assert len(shape) == 2 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise _input_error(f"--shape {args.shape!r}", "is not LAYERSxNEURONS", "write e.g. 12x3072") from None
+    out = import_openai(catalog, args.url, args.model, threads=args.threads, progress=not args.quiet, shape=shape)
     missing = ", ".join(f"{k}: {v} of {out['expected_files'][k]}" for k, v in out["missing_files"].items()) or "none"
     print(f"nxd: imported {args.url} as model {out['model']} (corpus {out['corpus']}, pre_fix): layers {out['layers']} "
           f"({out['layers_already_imported']} already imported), rows {json.dumps(out['rows'])}; missing files: {missing}",
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("url", help="a dataset root, an `nxd export` root or one layer folder: local, https:// or s3://")
     i.add_argument("--model", default="openai-gpt2-small", help="model name of the imported rows (default openai-gpt2-small)")
     i.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    i.add_argument("--shape", help="LAYERSxNEURONS (e.g. 12x3072) where the URL has no manifest and cannot be listed (https)")
     i.add_argument("--threads", type=int, default=16, help="files read at once (default 16)")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     i.set_defaults(fn=cmd_import)

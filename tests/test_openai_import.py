@@ -194,3 +194,39 @@ def test_killed_import_resumes_without_duplicates(tmp_path):
     assert c["neuron_stats"] == 6 * 40 and c["activation_records"] == 6 * 40 * 4
     assert c["sequences"] == Catalog(home).query("SELECT count(DISTINCT sequence_id) FROM sequences").column(0)[0].as_py()
     assert done >= 1
+
+
+def test_parquet_export_has_every_table_of_the_model(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    home = tmp_path / "home"
+    assert imp(home, dataset(tmp_path / "d")) == 0
+    out = tmp_path / "pq"
+    assert main(["export", "--home", str(home), "--quiet", "--format", "parquet", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    have = counts(home)
+    for table, n in manifest["counts"].items():
+        assert pq.read_table(out / f"{table}.parquet").num_rows == n == have.get(table, n)
+    assert manifest["counts"]["activation_records"] == 16
+    assert pq.read_table(out / "neuron_stats.parquet").column("source").null_count == 0
+
+
+def test_import_over_https_with_missing_files(tmp_path, capsys):
+    """A real local HTTP server (no listing used): --shape gives the layers and neurons; 404s are missing files."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = dataset(tmp_path / "site" / "gpt2_small_data")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *a, **k: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{root.name}"
+        assert imp(tmp_path / "home", url, "--shape", "2x2") == 0
+    finally:
+        server.shutdown()
+    assert "explanations: 3 of 4" in capsys.readouterr().err
+    cat = Catalog(tmp_path / "home")
+    assert cat.query("SELECT count(*) AS n FROM neuron_stats WHERE source LIKE 'http://%'").to_pylist() == [{"n": 4}]

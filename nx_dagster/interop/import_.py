@@ -60,7 +60,10 @@ def _manifest(url: str) -> dict:
         return {}
 
 
-def _shape(root: str, manifest: dict, con, model: str) -> tuple[int, int]:
+def _shape(root: str, manifest: dict, con, model: str, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """(n_layer, n_neurons): given, from the export manifest, from a listing, or from the model's row."""
+    if shape:
+        return shape
     if manifest.get("n_layer"):
         return int(manifest["n_layer"]), int(manifest["n_neurons"])
     fs, path = fsspec.core.url_to_fs(f"{root}/{KINDS['records']}")
@@ -75,7 +78,7 @@ def _shape(root: str, manifest: dict, con, model: str) -> tuple[int, int]:
         if row:
             return row[0], row[1]
     raise NxInputError(f"import URL {root!r}", "has no manifest.json and its layers cannot be listed",
-                       "import into a --model whose `models` row gives the shape, or a local/s3 copy")
+                       "give the shape with --shape LAYERSxNEURONS (GPT-2 small: 12x3072, XL: 48x6400)")
 
 
 def _ensure_source_columns(con) -> None:
@@ -110,15 +113,15 @@ def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, 
 
 
 def import_openai(catalog: Catalog, url: str, model: str = DEFAULT_MODEL, corpus: str = PUBLISHED,
-                  threads: int = 16, progress: bool = True) -> dict:
+                  threads: int = 16, progress: bool = True, shape: tuple[int, int] | None = None) -> dict:
     """Import `url`; returns counts: layers imported / already there, rows per table, missing files per kind."""
     with catalog.session() as con:
-        return _import(catalog, con, url, model, corpus, threads, progress)
+        return _import(catalog, con, url, model, corpus, threads, progress, shape)
 
 
-def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: int, progress: bool) -> dict:
+def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: int, progress: bool, shape) -> dict:
     root, only, manifest = resolve(url)
-    n_layer, n_neurons = _shape(root, manifest, con, model)
+    n_layer, n_neurons = _shape(root, manifest, con, model, shape)
     existing = con.execute("SELECT n_layer, n_neurons, checkpoint_sha256 FROM models WHERE model = ?",
                            [model]).fetch_arrow_table().to_pylist()
     if existing and existing[0]["checkpoint_sha256"]:
