@@ -218,8 +218,11 @@ def test_import_over_https_with_missing_files(tmp_path, capsys):
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     root = dataset(tmp_path / "site" / "gpt2_small_data")
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
-    handler.log_message = lambda *a, **k: None
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "site"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

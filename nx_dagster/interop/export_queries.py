@@ -95,6 +95,6 @@ def _explanations(con, model, corpus, variant, layer) -> dict[int, list[dict]]:
 def _corr(a, b) -> float | None:
     """Pearson correlation of one sequence's true and simulated activations; None when either is constant."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x @ x) * (y @ y)))
+    return float(x @ y) / denom if len(x) > 1 and denom > 0 and np.isfinite(denom) else None

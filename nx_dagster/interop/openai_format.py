@@ -39,8 +39,12 @@ def rel_path(kind: str, layer: int, neuron: int) -> str:
 
 
 def dumps(obj: Any) -> bytes:
-    """One compact line of strict JSON (NaN/inf → null)."""
-    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    """One compact line of strict JSON (NaN/inf → null; the walk that replaces them runs only when needed)."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return text.encode()
 
 
 def _finite(obj: Any) -> Any:
@@ -62,7 +66,7 @@ def neuron_id(layer: int, neuron: int) -> dict:
 
 
 def activation_record(tokens: list[str], activations: list[float]) -> dict:
-    return _obj("ActivationRecord", tokens=list(tokens), activations=[float(a) for a in activations])
+    return _obj("ActivationRecord", tokens=list(tokens), activations=list(activations))
 
 
 def neuron_record(layer: int, neuron: int, top: list, random: list, by_quantile: list[list], boundaries: list[float],
