@@ -167,12 +167,13 @@ def test_export_target_checks_and_restart(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", "--home", str(home), "--quiet", "--variants", "pre_fix", str(out)]) == 0
     assert "exported 7 files (0 already complete)" in capsys.readouterr().err  # 4 records, 1 expl, 1 related, 1 tokens
-    half = out / "pre_fix" / "collated-activations" / "1" / "0.json"
-    whole = half.read_bytes()
-    half.write_bytes(whole[:20])  # a file cut short (e.g. copied by hand): rewritten
+    lost = out / "pre_fix" / "collated-activations" / "1" / "0.json"
+    whole = lost.read_bytes()
+    lost.unlink()  # as if killed before this file: only complete files have their final names
+    (lost.parent / ".0123.tmp").write_bytes(whole[:20])  # a killed writer's temporary file
     assert main(["export", "--home", str(home), "--quiet", "--variants", "pre_fix", str(out)]) == 0
     assert "exported 1 files (6 already complete)" in capsys.readouterr().err
-    assert half.read_bytes() == whole
+    assert lost.read_bytes() == whole
     assert not list(out.rglob(".*.tmp"))
 
 

@@ -5,8 +5,9 @@
 one Parquet file per table (`URL/{table}.parquet`, the model's rows, streamed in batches).
 
 Restartable: each file is written whole (local: to a temporary name, then renamed; object stores: one PUT),
-so a file at its final name is complete; a rerun lists the target once and skips every file whose size
-equals what it would write. Files are written by `threads` workers. A target that is neither empty nor an
+so a file at its final name is complete; a rerun lists the target once and skips every file that is there
+(when the manifest names the same model, corpus, release and catalog snapshot) or whose size equals what it
+would write (otherwise). Files are written by `threads` workers. A target that is neither empty nor an
 earlier export (no manifest.json) is refused before anything is written.
 """
 
@@ -52,9 +53,18 @@ class Target:
         except OSError as e:
             raise NxInputError(f"export URL {self.url!r}", f"cannot be listed ({e})", "check the URL and credentials") from e
         self.sizes = {p.rstrip("/"): int(info.get("size") or 0) for p, info in found.items()}
+        for p in [p for p in self.sizes if p.rsplit("/", 1)[-1].startswith(".") and p.endswith(".tmp")]:
+            self.fs.rm(p)  # a killed writer's temporary file
+            del self.sizes[p]
         if self.sizes and self.path(MANIFEST) not in self.sizes:
             raise NxInputError(f"export URL {self.url!r}", f"is not empty ({len(self.sizes)} files) and is not an earlier "
                                "export (no manifest.json)", "export to an empty or new folder, or to an earlier export's folder")
+
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads(self.fs.cat_file(self.path(MANIFEST))) if self.path(MANIFEST) in self.sizes else {}
+        except (OSError, ValueError):
+            return {}
 
     def write(self, rel: str, data: bytes) -> bool:
         """Write one file unless it is already complete. Returns True when written."""
@@ -71,6 +81,11 @@ class Target:
         else:
             self.fs.pipe_file(path, data)
         return True
+
+
+def neuron_kinds(neuron: int, data: dict) -> list[str]:
+    """The kinds of file the catalog holds for one neuron (what `neuron_files` writes)."""
+    return [k for k in fmt.KINDS if neuron in data["stats" if k == "records" else k]]
 
 
 def neuron_files(layer: int, neuron: int, data: dict, last_layer: int) -> dict[str, bytes]:
@@ -114,8 +129,13 @@ def export_openai(con: duckdb.DuckDBPyConnection, url: str, variants: list[str],
     model, corpus, n_layer, n_neurons = pick(con, model, corpus)
     target = Target(url)
     target.check()
+    snapshot = con.execute("SELECT max(snapshot_id) FROM nx.snapshots()").fetchone()[0]
     manifest = {"format": FORMAT_NAME, "release": release, "model": model, "corpus": corpus, "variants": variants,
-                "n_layer": n_layer, "n_neurons": n_neurons, "complete": False, "counts": {}}
+                "n_layer": n_layer, "n_neurons": n_neurons, "snapshot": snapshot, "complete": False, "counts": {}}
+    previous = target.read_manifest()
+    # the same catalog state as the export found there: a file at its final name is complete (written whole)
+    same = {k: previous.get(k) for k in ("model", "corpus", "snapshot", "release")} == \
+        {k: manifest[k] for k in ("model", "corpus", "snapshot", "release")}
     target.write(MANIFEST, json.dumps(manifest, indent=1).encode())
     layers = list(range(n_layer)) if layers is None else layers
     written = skipped = 0
@@ -128,6 +148,10 @@ def export_openai(con: duckdb.DuckDBPyConnection, url: str, variants: list[str],
                 ids = sorted(set().union(*(d.keys() for d in data.values())))[:neurons]
 
                 def one(n: int, variant=variant, data=data, layer=layer):
+                    if same:
+                        rels = [fmt.rel_path(k, layer, n) for k in neuron_kinds(n, data)]
+                        if all(target.path(f"{variant}/{r}") in target.sizes for r in rels):
+                            return dict.fromkeys(rels), [False] * len(rels)
                     files = neuron_files(layer, n, data, n_layer - 1)
                     return files, [target.write(f"{variant}/{rel}", b) for rel, b in files.items()]
 
