@@ -44,6 +44,9 @@ def resolve(url: str) -> tuple[str, list[int] | None, dict]:
         if m:
             return m.group(1), [int(m.group(2))], _manifest(m.group(1))
     manifest = _manifest(url)
+    if manifest.get("format") == "parquet":
+        raise NxInputError(f"import URL {url!r}", "is a Parquet export (`nxd export --format parquet`)",
+                           "import an export in the OpenAI layout (`nxd export --format openai`)")
     if manifest.get("variants"):  # an `nxd export` root: its pre_fix folder is the published-lineage data
         if VARIANT not in manifest["variants"]:
             raise NxInputError(f"import URL {url!r}", f"is an export of {manifest['variants']} only",
