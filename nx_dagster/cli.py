@@ -1,9 +1,11 @@
 """`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, look at neurons (a terminal
-card, a static HTML browser), open the UI of a data root, and collect unreferenced files."""
+card, a static HTML browser), release, export and import the tables, open the UI of a data root, and collect
+unreferenced files."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -385,6 +387,55 @@ def cmd_ui(args) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def _export_session(args):
+    """The catalog connection an export reads: the data root's current state (a `--release` would attach
+    that release's snapshot here)."""
+    from nx_dagster.storage import Catalog
+
+    if args.release:
+        raise _input_error(f"--release {args.release!r}", "releases are not available in this version",
+                           "export the current catalog (leave out --release)")
+    return Catalog(args.home or None).session(read_only=True)
+
+
+def cmd_export(args) -> int:
+    from nx_dagster.interop.export import export_openai, export_parquet
+    from nx_dagster.model.gelu import parse_variants
+
+    variants = parse_variants(args.variants)
+    with _export_session(args) as con:
+        if args.format == "openai":
+            out = export_openai(con, args.url, variants, args.model, args.corpus, args.release,
+                                threads=args.threads, progress=not args.quiet)
+            print(f"nxd: exported {out['written']} files ({out['skipped']} already complete) of {out['model']} "
+                  f"to {args.url}: {json.dumps(out['counts'])}", file=sys.stderr)
+        else:
+            out = export_parquet(con, args.url, variants, args.model, args.corpus)
+            print(f"nxd: exported {out['model']} to {args.url} as Parquet: {json.dumps(out['counts'])}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from nx_dagster.interop.import_ import import_openai
+    from nx_dagster.storage import Catalog
+
+    catalog = Catalog(args.home or None)
+    catalog.check_writable()
+    shape = None
+    if args.shape:
+        try:
+            shape = tuple(int(x) for x in args.shape.lower().split("x"))
+            assert len(shape) == 2 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise _input_error(f"--shape {args.shape!r}", "is not LAYERSxNEURONS", "write e.g. 12x3072") from None
+    out = import_openai(catalog, args.url, args.model, threads=args.threads, progress=not args.quiet, shape=shape)
+    missing = ", ".join(f"{k}: {v} of {out['expected_files'][k]}" for k, v in out["missing_files"].items()) or "none"
+    print(f"nxd: imported {args.url} as model {out['model']} (corpus {out['corpus']}, pre_fix): layers {out['layers']} "
+          f"({out['layers_already_imported']} already imported), rows {json.dumps(out['rows'])}; missing files: {missing}",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -433,6 +484,25 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--apply", action="store_true", help="remove them (default: only list them)")
     g.set_defaults(fn=cmd_gc)
     _add_viewer_commands(sub)
+    x = sub.add_parser("export", help="write the tables to a folder or URL in the OpenAI layout or as Parquet")
+    x.add_argument("url", help="a local folder or an fsspec URL (s3://bucket/prefix)")
+    x.add_argument("--format", choices=("openai", "parquet"), default="openai")
+    x.add_argument("--variants", help="pre_fix,post_fix (default both)")
+    x.add_argument("--release", help="export a named release instead of the current catalog")
+    x.add_argument("--model", help="the model to export (default: the only one)")
+    x.add_argument("--corpus", help="the corpus whose activations to export (default: the only one)")
+    x.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    x.add_argument("--threads", type=int, default=16, help="files written at once (default 16)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(fn=cmd_export)
+    i = sub.add_parser("import", help="read files in the published OpenAI layout into the tables (pre_fix lineage)")
+    i.add_argument("url", help="a dataset root, an `nxd export` root or one layer folder: local, https:// or s3://")
+    i.add_argument("--model", default="openai-gpt2-small", help="model name of the imported rows (default openai-gpt2-small)")
+    i.add_argument("--home", help="NX_HOME (default ./nx_data)")
+    i.add_argument("--shape", help="LAYERSxNEURONS (e.g. 12x3072) where the URL has no manifest and cannot be listed (https)")
+    i.add_argument("--threads", type=int, default=16, help="files read at once (default 16)")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(fn=cmd_import)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from nx_dagster.errors import NxInputError

@@ -1,0 +1,1 @@
+"""Interchange with other layouts: the published OpenAI neuron-explainer files, Parquet."""
