@@ -388,14 +388,11 @@ def cmd_ui(args) -> int:
 
 
 def _export_session(args):
-    """The catalog connection an export reads: the data root's current state (a `--release` would attach
-    that release's snapshot here)."""
+    """The catalog connection an export reads: the data root's current state, or a release's snapshot."""
     from nx_dagster.storage import Catalog
 
-    if args.release:
-        raise _input_error(f"--release {args.release!r}", "releases are not available in this version",
-                           "export the current catalog (leave out --release)")
-    return Catalog(args.home or None).session(read_only=True)
+    cat = Catalog(args.home or None)
+    return cat.session(read_only=True, snapshot=_release_snapshot(cat, args.release))
 
 
 def cmd_export(args) -> int:
