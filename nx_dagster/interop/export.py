@@ -174,13 +174,13 @@ def export_parquet(con: duckdb.DuckDBPyConnection, url: str, variants: list[str]
     """One Parquet file per table with the model's rows (`gelu_variant` in `variants` where the table has it)."""
     import pyarrow.parquet as pq
 
-    from nx_dagster.storage.schema import TABLES
+    from nx_dagster.storage.schema import DATA_TABLES
 
     model, corpus, _, _ = pick(con, model, corpus)
     target = Target(url)
     target.check()
     counts = {}
-    for table in tables or [t for t in TABLES if t != "llm_calls"]:
+    for table in tables or [t for t in DATA_TABLES if t != "llm_calls"]:  # (releases describe the catalog)
         cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
         where, params = "model = ?", [model]
         if "gelu_variant" in cols:
