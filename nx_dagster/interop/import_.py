@@ -139,7 +139,7 @@ def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: i
         raise NxInputError(f"import URL {url!r}", f"names layer {layers[0]}, but the data has {n_layer} layers",
                            "check the URL")
     key = hashlib.sha256(json.dumps([root, model, corpus]).encode()).hexdigest()[:16]
-    stage = Path(catalog.home) / "imports" / key
+    stage = catalog.local / "imports" / key
     missing: dict[str, int] = {}
     counts: dict[str, int] = {}
     bar = tqdm(desc=f"import {url}", unit="layer", total=2 * len(layers), disable=not progress)
