@@ -18,7 +18,6 @@ from nx_dagster.cli import main
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.s3 import filesystem
 from tests.checkpoints import build_checkpoint
-from tests.s3_server import s3_home, s3_server  # noqa: F401 - fixtures
 from tests.test_openai_format import TEXT, load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +32,7 @@ def nxd(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def s3run(s3_server, tmp_path_factory):  # noqa: F811
+def s3run(s3_server, tmp_path_factory):
     """Every stage of a tiny run with NX_HOME, the checkpoint and the corpus on s3://, then release r1."""
     root = tmp_path_factory.mktemp("s3run")
     mp = pytest.MonkeyPatch()
@@ -169,7 +168,7 @@ def test_killed_export_and_killed_run_leave_the_previous_state(s3run, monkeypatc
     assert dup == 0
 
 
-def test_bad_aws_settings_are_refused_before_any_work(s3_home, s3_server, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_bad_aws_settings_are_refused_before_any_work(s3_home, s3_server, tmp_path, monkeypatch, capsys):
     state = tmp_path / "state"
     bucket = s3_home.removeprefix("s3://").split("/")[0]
     cases = [
