@@ -77,6 +77,12 @@ def test_every_stage_on_s3_and_a_second_process_sees_it(s3run, monkeypatch):
     assert row["records"] > 0 and row["scores"] > 0 and row["conn"] > 0 and row["releases"] == 1
     rel = nxd("sql", "--release", "r1", "--format", "json", "SELECT count(*) AS n FROM neuron_stats", env=env)
     assert rel.returncode == 0 and json.loads(rel.stdout)[0]["n"] == 2 * 2 * 128, rel.stderr
+    # the release's manifest lists its files relative to data/ (a root copied to another bucket still matches)
+    man = nxd("sql", "--format", "json", "SELECT manifest, n_files, new_files FROM releases", env=env)
+    rel_row = json.loads(man.stdout)[0]
+    files = [f["path"] for t in json.loads(rel_row["manifest"])["tables"].values() for f in t.get("files", [])]
+    assert files and rel_row["n_files"] == rel_row["new_files"] == len(files)
+    assert all(p.startswith("main/") and p.endswith(".parquet") for p in files), files[:3]
     # the source of the model is the s3:// URL it came from
     src = nxd("sql", "--format", "json", "SELECT source FROM models", env=env)
     assert src.returncode == 0 and json.loads(src.stdout)[0]["source"].startswith("s3://"), src.stdout + src.stderr
@@ -159,6 +165,12 @@ def test_killed_export_and_killed_run_leave_the_previous_state(s3run, monkeypatc
         "SELECT gelu_variant, layer, count(DISTINCT n) AS k FROM (SELECT gelu_variant, layer, neuron, count(*) AS n "
         "FROM activation_records WHERE kind = 'top' GROUP BY ALL) GROUP BY ALL HAVING k > 1").to_pylist()
     assert mixed == []
+    # files the killed run left on S3 unreferenced: `nxd gc` finds them (DuckLake's orphan listing over httpfs)
+    orphan = f"{bucket}/root/data/main/neuron_stats/ducklake-orphan-by-test.parquet"
+    fs.pipe_file(orphan, b"PAR1")
+    gc = nxd("gc", "--apply", env=env)
+    assert gc.returncode == 0 and "ducklake-orphan-by-test.parquet" in gc.stdout, gc.stdout + gc.stderr
+    assert not fs.exists(orphan)
     again = nxd(*args, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     top = Catalog(home).query("SELECT max(rank) FROM activation_records WHERE kind = 'top'").column(0)[0].as_py()
