@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 
 # DuckDB calls the sqlite extension `sqlite_scanner` once loaded; the package is duckdb-extension-sqlite.
-_PACKAGES = {"ducklake": "ducklake", "sqlite": "sqlite", "httpfs": "httpfs"}
+_PACKAGES = {"ducklake": "ducklake", "sqlite": "sqlite", "httpfs": "httpfs", "postgres": "postgres"}
 
 
 def packaged_extension(name: str) -> Path | None:
