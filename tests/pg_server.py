@@ -104,8 +104,7 @@ class PgServer:
         """Run one statement as the superuser (autocommit: CREATE DATABASE cannot run in a transaction)."""
         import psycopg2
 
-        con = psycopg2.connect(host=self.host, port=self.port, user=ADMIN, password=self.password,
-                               dbname=database)
+        con = psycopg2.connect(host=self.host, port=self.port, user=ADMIN, password=self.password, dbname=database)
         try:
             con.autocommit = True
             with con.cursor() as cur:
