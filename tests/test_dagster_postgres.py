@@ -97,3 +97,33 @@ def test_runs_of_two_processes_share_one_postgres_instance_and_its_pools(pg_serv
     with psycopg2.connect(dagster_url) as con, con.cursor() as cur:  # the history is in the server itself
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
         assert cur.fetchone()[0] == len(records)
+
+
+@pytest.mark.parametrize("case", ["unset", "unreachable", "wrong_password", "no_database"])
+def test_bad_instance_storage_is_one_line_naming_the_setting(case, pg_server, tmp_path, monkeypatch):
+    """deploy/dagster.yaml with its URL unset or pointing at a server that refuses: a clear NxInputError
+    before any table changes, naming the instance file and what the server said."""
+    from assets.instance import open_instance
+    from nx_dagster.errors import NxInputError
+    from nx_dagster.storage import Catalog
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY_YAML, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    url = pg_server.create_database().replace("postgresql://", "postgresql+psycopg2://")
+    bad = {"unset": None, "unreachable": url.replace(f":{pg_server.port}/", ":1/"),
+           "wrong_password": url.replace(f":{pg_server.password}@", ":wrong@"),
+           "no_database": url.rsplit("/", 1)[0] + "/no_such_db"}[case]
+    if bad is None:
+        monkeypatch.delenv("NX_DAGSTER_PG_URL", raising=False)
+    else:
+        monkeypatch.setenv("NX_DAGSTER_PG_URL", bad)
+    catalog = Catalog(tmp_path / "nx_data")
+    with pytest.raises(NxInputError) as info:
+        open_instance(catalog)
+    message = str(info.value)
+    assert str(home / "dagster.yaml") in message and "Fix:" in message and "\n" not in message
+    expected = {"unset": "reads NX_DAGSTER_PG_URL, which is not set", "unreachable": "Connection refused",
+                "wrong_password": "password authentication failed", "no_database": 'database "no_such_db" does not exist'}
+    assert expected[case] in message
