@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from assets.definitions import defs as project_defs
+from nx_dagster.errors import NxInputError
 
 KINDS = ("cpu", "gpu", "llm")
 _POOL_KIND = {"compute": "gpu", "llm": "llm"}
@@ -50,10 +51,12 @@ def deployment_definitions(executor: dg.ExecutorDefinition,
     graph's and backfills' included), with one job per machine kind (`cpu_job`, `gpu_job`, `llm_job`)
     run by `job_executors[kind]` where given, and the project's `release_job`.
 
-    Raises ValueError if `layers_per_run` (or NX_LAYERS_PER_RUN) is not a positive integer."""
-    per_run = layers_per_run or int(os.environ.get("NX_LAYERS_PER_RUN") or 1)
+    Raises NxInputError if `layers_per_run` (or NX_LAYERS_PER_RUN) is not a positive integer."""
+    raw = layers_per_run if layers_per_run is not None else os.environ.get("NX_LAYERS_PER_RUN") or 1
+    per_run = int(raw) if str(raw).isdigit() else 0
     if per_run < 1:
-        raise ValueError(f"NX_LAYERS_PER_RUN must be a positive integer, got {per_run}")
+        raise NxInputError(f"NX_LAYERS_PER_RUN {raw!r}", "is not a positive integer",
+                           "set it to the number of layers one run (one pod) records, e.g. 1")
     base = project_defs()
     assets = []
     kinds: dict[str, list[dg.AssetKey]] = {k: [] for k in KINDS}

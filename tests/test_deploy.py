@@ -60,6 +60,18 @@ def test_steps_go_to_the_pool_of_their_kind():
     assert partitioned and all(a.backfill_policy == dg.BackfillPolicy.multi_run(1) for a in partitioned)
 
 
+@pytest.mark.parametrize("bad", ["0", "two", "-1"])
+def test_layers_per_run_must_be_a_positive_integer(bad, monkeypatch):
+    from assets.deployment import deployment_definitions
+    from nx_dagster.errors import NxInputError
+
+    import dagster as dg
+
+    monkeypatch.setenv("NX_LAYERS_PER_RUN", bad)
+    with pytest.raises(NxInputError, match="NX_LAYERS_PER_RUN"):
+        deployment_definitions(dg.in_process_executor)
+
+
 def test_k8s_step_pods_are_valid_kubernetes_jobs():
     """The executor config passes k8s_job_executor's schema, and dagster-k8s builds each step's Job from
     it with the builder the executor uses, which raises on any field Kubernetes does not have."""
