@@ -42,7 +42,7 @@ def connections(context: dg.AssetExecutionContext, nx: NxResource, config: Conne
     version = short_digest({"code": CONNECTIONS_VERSION, "model_data_version": s.ckpt.data_version, "k": config.k,
                             "device": s.device.split(":")[0], "dtype": nx.dtype}, 16)
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        "data_root": str(nx.catalog.home), "model": s.name, "layers": layer_list, "k": config.k,
+        **nx.catalog.describe(), "model": s.name, "layers": layer_list, "k": config.k,
         "dagster/row_count": out["neuron_connections"] + out["token_connections"],
         "neuron_connection_rows": out["neuron_connections"], "token_connection_rows": out["token_connections"],
         "per_layer": dg.MetadataValue.md(markdown_table(per_layer)), "catalog_snapshot": out["snapshot"],

@@ -44,7 +44,7 @@ run_monitoring:
 def instance_home(catalog: Catalog) -> Path:
     """DAGSTER_HOME when set, else the data root's own `.dagster` folder."""
     explicit = os.environ.get("DAGSTER_HOME")
-    return Path(explicit).expanduser().resolve() if explicit else Path(catalog.home) / INSTANCE_DIR
+    return Path(explicit).expanduser().resolve() if explicit else catalog.local / INSTANCE_DIR
 
 
 def open_instance(catalog: Catalog) -> dg.DagsterInstance:
@@ -119,5 +119,5 @@ def claim_data_root(instance: dg.DagsterInstance, catalog: Catalog) -> None:
         raise NxInputError(
             f"Dagster instance {where}", f"holds the run history of another data root (id {claimed}), "
             f"not of {catalog.home} (id {root_id})",
-            f"unset DAGSTER_HOME so that the data root's own instance ({Path(catalog.home) / INSTANCE_DIR}) is used, "
+            f"unset DAGSTER_HOME so that the data root's own instance ({catalog.local / INSTANCE_DIR}) is used, "
             "or open this root's UI with `nxd ui --home <root>`")

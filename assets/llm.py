@@ -59,6 +59,6 @@ class LLMResource(dg.ConfigurableResource):
                 api_key=self.api_key or None, base_url=self.base_url or None,
                 explainer_model=self.explainer_model or None, simulator_model=self.simulator_model or None,
                 concurrency=self.concurrency, timeout_s=self.timeout_s)
-            path = self.ledger or os.environ.get("NX_LLM_LEDGER") or Path(catalog.home) / "llm_ledger.sqlite"
+            path = self.ledger or os.environ.get("NX_LLM_LEDGER") or catalog.local / "llm_ledger.sqlite"
             self._client = LLMClient(settings, Ledger(Path(path).expanduser()))
         return self._client

@@ -49,7 +49,8 @@ def resolve_device(device: str) -> str:
 
 
 class NxResource(dg.ConfigurableResource):
-    home: Optional[str] = None  # NX_HOME, else ./nx_data
+    home: Optional[str] = None  # NX_HOME, else ./nx_data (a local folder or s3://bucket/prefix)
+    catalog_url: Optional[str] = None  # NX_CATALOG: a SQLite file or postgresql://…; else the embedded default
     model: Optional[str] = None  # NX_MODEL, else the bundled model
     corpus: Optional[str] = None  # NX_CORPUS, else the bundled corpus
     seq_len: int = 64
@@ -75,7 +76,7 @@ class NxResource(dg.ConfigurableResource):
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.home or home_from_env())
+            self._catalog = Catalog(self.home or home_from_env(), self.catalog_url)
         return self._catalog
 
     def _check_settings(self) -> None:
@@ -138,5 +139,5 @@ class NxResource(dg.ConfigurableResource):
     def provenance(self) -> dict:
         """Metadata that names what a materialization describes: the data root, model and corpus."""
         s = self.subject
-        return {"data_root": str(self.catalog.home), "model": s.name, "corpus": s.corpus.name,
+        return {**self.catalog.describe(), "model": s.name, "corpus": s.corpus.name,
                 "corpus_source": s.corpus.source or "bundled"}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx_dagster.explain.tables import rows_to_table  # noqa: E402
 from nx_dagster.interop.export import export_openai  # noqa: E402
+from nx_dagster.interop.import_ import import_openai  # noqa: E402
 from nx_dagster.storage import Catalog  # noqa: E402
 
 MODEL, CORPUS, SEQ, N_SEQ = "synthetic", "synthetic-corpus", 64, 4096
@@ -70,7 +71,7 @@ def timed(cat: Catalog, url: str, threads: int) -> tuple[float, dict]:
         return time.perf_counter() - t0, out
 
 
-def report(label: str, cat: Catalog, url_of, threads: int) -> None:
+def report(label: str, cat: Catalog, url_of, threads: int, home_of) -> None:
     t1, o1 = timed(cat, url_of("one"), 1)
     tn, on = timed(cat, url_of("many"), threads)
     tr, orr = timed(cat, url_of("many"), threads)
@@ -78,6 +79,13 @@ def report(label: str, cat: Catalog, url_of, threads: int) -> None:
     print(f"{label}: {f} files; 1 thread {f / t1:,.0f} files/s ({t1:.1f} s); {threads} threads "
           f"{on['written'] / tn:,.0f} files/s ({tn:.1f} s, {t1 / tn:.2f}x); rerun skipped {orr['skipped']} files "
           f"in {tr:.1f} s ({orr['skipped'] / tr:,.0f} files/s)", flush=True)
+    # import the same files back into an empty catalog (`nxd import`): parse, check, stage, one commit per layer
+    ti = time.perf_counter()
+    out = import_openai(Catalog(home_of("imported")), url_of("many"), model="bench-import", threads=threads,
+                        progress=False)
+    ti = time.perf_counter() - ti
+    print(f"{label}: import of those {f} files ({threads} threads): {f / ti:,.0f} files/s ({ti:.1f} s; "
+          f"{out.get('rows', {}).get('activation_records', '?')} activation records)", flush=True)
 
 
 def main() -> None:
@@ -91,7 +99,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cat = build(Path(tmp) / "home", a.neurons, a.layers)
         print(f"synthetic catalog: {a.neurons} neurons in {time.perf_counter() - t0:.1f} s", flush=True)
-        report("local folder", cat, lambda name: str(Path(tmp) / name), a.threads)
+        report("local folder", cat, lambda name: str(Path(tmp) / name), a.threads, lambda n: Path(tmp) / n)
         if a.s3:
             import logging
 
@@ -108,7 +116,8 @@ def main() -> None:
             s3fs.S3FileSystem.clear_instance_cache()
             s3fs.S3FileSystem().mkdir("bench")
             try:
-                report("local S3 (moto)", cat, lambda name: f"s3://bench/{name}", a.threads)
+                report("local S3 (moto)", cat, lambda name: f"s3://bench/{name}", a.threads,
+                       lambda n: Path(tmp) / f"s3-{n}")
             finally:
                 server.stop()
 

@@ -246,7 +246,7 @@ def cmd_viewer(args) -> int:
     if args.records < 0:
         raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
     cat = Catalog(args.home or None)
-    folder = Path(args.dir).expanduser() if args.dir else cat.home / "viewer"
+    folder = Path(args.dir).expanduser() if args.dir else cat.local / "viewer"
     with open_at(cat, args.snapshot) as (con, snapshot):
         model = pick_model(con, args.model)
         layers = parse_ranges(args.layers, "layers", model["n_layer"])
@@ -314,8 +314,8 @@ def cmd_gc(args) -> int:
     from nx_dagster.storage.cleanup import collect
 
     cat = Catalog(args.home or None)
-    if not cat.catalog_path.is_file():
-        raise _input_error(f"NX_HOME {str(cat.home)!r}", "holds no catalog", "point NX_HOME (or --home) at a data root")
+    if not cat.exists():
+        raise _input_error(f"NX_HOME {cat.home!r}", "holds no catalog", "point NX_HOME (or --home) at a data root")
     found = collect(cat, apply=args.apply)
     for path, size in found:
         print(f"{'removed' if args.apply else 'would remove'} {path} ({size:,} bytes)")
@@ -374,14 +374,14 @@ def cmd_ui(args) -> int:
     """`dagster dev` on this project's code location with the data root's own instance (its history)."""
     import subprocess
 
-    from assets.instance import open_instance
+    from assets.instance import instance_home, open_instance
     from nx_dagster.storage import Catalog
 
     catalog = Catalog(args.home or None)
     catalog.check_writable()
     open_instance(catalog).dispose()  # creates the root's instance (and checks DAGSTER_HOME's claim)
     env = {**os.environ, "NX_HOME": str(catalog.home)}
-    env.setdefault("DAGSTER_HOME", str(Path(catalog.home) / ".dagster"))
+    env.setdefault("DAGSTER_HOME", str(instance_home(catalog)))
     print(f"nxd: the UI of data root {catalog.home} (history in {env['DAGSTER_HOME']})", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "assets.definitions", "-p", str(args.port)]
     return subprocess.call(cmd, env=env)

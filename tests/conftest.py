@@ -6,6 +6,8 @@ import pytest
 
 from nx_dagster.cli import main
 
+pytest_plugins = ["tests.s3_server"]  # fixtures s3_server (moto's standalone server) and s3_home
+
 
 @pytest.fixture(scope="session")
 def bundled_run(tmp_path_factory):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from contextlib import contextmanager
@@ -60,7 +61,9 @@ def iter_documents(source: str | None) -> Iterator[tuple[str, str]]:
     for path in corpus_files(source):
         label = path.rsplit("/", 1)[-1]
         try:
-            with fsspec.open(path, "rb") as fh:
+            with fsspec.open(path, "rb") as raw:
+                # remote files (s3fs, http) have no readline(size): a standard buffered reader over them
+                fh = raw if "://" not in path or path.startswith("file://") else io.BufferedReader(raw, 1 << 20)
                 if path.endswith(".parquet"):
                     yield from _parquet(fh, label, path)
                 elif path.endswith((".jsonl", ".json", ".jsonl.gz")):

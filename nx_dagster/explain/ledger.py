@@ -112,10 +112,9 @@ def default_ledger_path() -> Path:
     explicit = os.environ.get("NX_LLM_LEDGER")
     if explicit:
         return Path(explicit).expanduser()
-    home = os.environ.get("NX_HOME") or "./nx_data"
-    if "://" in home:
-        return Path("~/.cache/nx_dagster/llm_ledger.sqlite").expanduser()
-    return Path(home).expanduser() / "llm_ledger.sqlite"
+    from nx_dagster.storage.location import Location
+
+    return Location.resolve().state / "llm_ledger.sqlite"
 
 
 class Ledger:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -139,7 +140,9 @@ def export_openai(con: duckdb.DuckDBPyConnection, url: str, variants: list[str],
     target.write(MANIFEST, json.dumps(manifest, indent=1).encode())
     layers = list(range(n_layer)) if layers is None else layers
     written = skipped = 0
-    bar = tqdm(desc=f"export {url}", unit="file", disable=not progress)
+    # on a terminal the bar redraws in place; into a log (no TTY) one line every 10 s is enough
+    bar = tqdm(desc=f"export {url}", unit="file", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for variant in variants:
             counts = manifest["counts"].setdefault(variant, {k: 0 for k in fmt.KINDS})

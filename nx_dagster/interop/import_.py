@@ -94,18 +94,22 @@ def _ensure_source_columns(con) -> None:
 
 def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, pool, missing: dict) -> NeuronRows:
     rows = NeuronRows(model, corpus, layer, n_neurons)
+    fs, base = fsspec.core.url_to_fs(url)
+    kinds = ("records", "explanations", "neurons", "token_activations", "token_weights")
+    present = {k: _listing(fs, f"{base}/{KINDS[k]}/{layer}") for k in kinds}
 
     def read(job):
         kind, neuron = job
-        src = f"{url}/{rel_path(kind, layer, neuron)}"
+        rel = rel_path(kind, layer, neuron)
+        src = f"{url}/{rel}"
+        if present[kind] is not None and rel.rsplit("/", 1)[-1] not in present[kind]:
+            return job, src, None  # known missing from the folder's listing: no request
         try:
-            with fsspec.open(src, "rb") as fh:
-                return job, src, fh.read()
+            return job, src, fs.cat_file(f"{base}/{rel}")  # one GET (fsspec.open would HEAD first)
         except FileNotFoundError:
             return job, src, None
 
-    jobs = [(k, n) for n in range(n_neurons) for k in ("records", "explanations", "neurons", "token_activations",
-                                                         "token_weights")]
+    jobs = [(k, n) for n in range(n_neurons) for k in kinds]
     for (kind, neuron), src, data in pool.map(read, jobs):
         if data is None:
             missing[kind] = missing.get(kind, 0) + 1
@@ -113,6 +117,20 @@ def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, 
         rd = Reader(src)
         getattr(rows, ADDERS[kind])(rd, rd.load(data, jsonl=kind == "explanations"), neuron, src)
     return rows
+
+
+def _listing(fs, folder: str) -> set[str] | None:
+    """File names in `folder` (empty if it does not exist), or None where the filesystem cannot list
+    (https://, where a folder URL is not a listing): then each file is simply requested."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if protocols & {"http", "https"}:
+        return None
+    try:
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return set()
+    except (NotImplementedError, OSError, ValueError):
+        return None
 
 
 def import_openai(catalog: Catalog, url: str, model: str = DEFAULT_MODEL, corpus: str = PUBLISHED,
@@ -139,7 +157,7 @@ def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: i
         raise NxInputError(f"import URL {url!r}", f"names layer {layers[0]}, but the data has {n_layer} layers",
                            "check the URL")
     key = hashlib.sha256(json.dumps([root, model, corpus]).encode()).hexdigest()[:16]
-    stage = Path(catalog.home) / "imports" / key
+    stage = catalog.local / "imports" / key
     missing: dict[str, int] = {}
     counts: dict[str, int] = {}
     bar = tqdm(desc=f"import {url}", unit="layer", total=2 * len(layers), disable=not progress)

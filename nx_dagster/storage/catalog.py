@@ -1,15 +1,20 @@
-"""The lakehouse catalog: DuckLake over Parquet under NX_HOME, one snapshot per write.
+"""The lakehouse catalog: DuckLake over Parquet, one snapshot per write.
 
-Layout of a local NX_HOME:  catalog.sqlite (the DuckLake metadata), data/ (Parquet files),
-.catalog.lock (serializes writers), staging/ (Parquet being prepared for a commit), root_id, .dagster/ (the
-root's Dagster run history). Data file paths are stored relative to data/, and every attach names the root's
-own data/ (OVERRIDE_DATA_PATH), so a data root can be moved, copied or mounted elsewhere (read-only too) and
-still answers; a copy never reads or writes the original. A SQLite-backed DuckLake admits one committing
-process at a time; writers take an exclusive file lock around their commit and retry on "database is
-locked", so several processes can write partitions at once and all of them land. Readers need no lock.
-Waiting (for the lock, and retrying) is bounded by NX_CATALOG_WAIT_S (`wait_seconds`); past it a writer
-fails with `CatalogBusy`, which names that setting. A write that fails removes what it created (staged and
-data files); `cleanup.collect` (`nxd gc`) finds and removes files that no snapshot references.
+Where things live is `location.Location`: the data under NX_HOME (a local folder or s3://bucket/prefix:
+data/ holds the Parquet files, root_id names the root), the metadata in NX_CATALOG (a SQLite file,
+by default catalog.sqlite in the local state folder, or PostgreSQL), and the local state folder
+(NX_HOME itself when local) with .catalog.lock (serializes this machine's writers), staging/ (Parquet
+being prepared for a commit) and .dagster/ (the root's Dagster run history). Data file paths are stored
+relative to data/, and every attach names the root's own data/ (OVERRIDE_DATA_PATH), so a local data
+root can be moved, copied or mounted elsewhere (read-only too) and still answers.
+
+A SQLite-backed DuckLake admits one committing process at a time; writers take an exclusive file lock
+around their commit and retry on "database is locked" (and on DuckLake's transaction conflicts, which is
+what concurrent writers to PostgreSQL see), so several processes can write partitions at once and all of
+them land. Readers need no lock. Waiting (for the lock, and retrying) is bounded by NX_CATALOG_WAIT_S
+(`wait_seconds`); past it a writer fails with `CatalogBusy`, which names that setting. A write that fails
+removes the data files it created (unless the catalog is shared with other machines: then `nxd gc`);
+`cleanup.collect` (`nxd gc`) finds and removes files that no snapshot references.
 """
 
 from __future__ import annotations
@@ -32,13 +37,12 @@ import pyarrow as pa
 
 from nx_dagster import procs
 from nx_dagster.errors import NxInputError
-from nx_dagster.storage import cleanup
-from nx_dagster.storage.extensions import load_extension
+from nx_dagster.storage import attach, cleanup
+from nx_dagster.storage.attach import ALIAS
+from nx_dagster.storage.location import DEFAULT_HOME, Location, home_from_env  # noqa: F401 - re-exported
 from nx_dagster.storage.schema import TABLES
 
 log = logging.getLogger(__name__)
-ALIAS = "nx"
-DEFAULT_HOME = "./nx_data"
 DEFAULT_WAIT_S = 600.0
 
 
@@ -68,36 +72,63 @@ def _is_disk_full(e: BaseException) -> bool:
     return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in text or "disk is full" in text
 
 
-def home_from_env() -> str:
-    return os.environ.get("NX_HOME") or DEFAULT_HOME
-
-
 def _is_locked_error(e: Exception) -> bool:
+    """SQLite busy, a DuckLake transaction conflict (another writer committed to the same table first:
+    PostgreSQL catalogs), or two processes creating a fresh PostgreSQL catalog at once: worth a retry."""
     text = str(e).lower()
-    return "database is locked" in text or "database is busy" in text or "conflict" in text
+    return ("database is locked" in text or "database is busy" in text or "conflict" in text
+            or ("failed to initialize ducklake" in text and "duplicate key" in text))
 
 
 class Catalog:
-    def __init__(self, home: str | os.PathLike | None = None):
-        home = str(home or home_from_env())
-        if "://" in home:
-            raise NxInputError(
-                f"NX_HOME {home!r}", "object storage is not supported by this version yet",
-                "set NX_HOME to a local folder",
-            )
-        self.home = Path(home).expanduser().resolve()
-        self.data_path = self.home / "data"
-        self.catalog_path = self.home / "catalog.sqlite"
-        self.lock_path = self.home / ".catalog.lock"
+    """A data root's catalog. `home`: NX_HOME (default ./nx_data); `catalog`: NX_CATALOG (default: the
+    embedded SQLite file). Nothing is created until the first write."""
+
+    def __init__(self, home: str | os.PathLike | None = None, catalog: str | None = None):
+        self.where = Location.resolve(home, catalog)
+        self.home: str = self.where.home  # an absolute local path, or s3://bucket/prefix
+        self.local: Path = self.where.state  # this machine's state for the root (NX_HOME itself when local)
+        self.data_url: str = self.where.data_url
+        self.lock_path = self.local / ".catalog.lock"
+        self._writable = self._readable = False  # checked once per Catalog
+
+    @property
+    def catalog_path(self) -> Path:
+        """The SQLite file that holds the metadata (an embedded catalog only)."""
+        if self.where.catalog.kind != "sqlite":
+            raise ValueError(f"the catalog is in {self.where.catalog.kind}, not in a file")
+        return Path(self.where.catalog.target)
+
+    @property
+    def data_path(self) -> Path:
+        """NX_HOME/data as a local path (a local data root only)."""
+        if self.where.remote:
+            raise ValueError(f"the data of {self.home} is on object storage, not in a local folder")
+        return Path(self.home) / "data"
+
+    def describe(self) -> dict[str, str]:
+        """Where this catalog lives, for metadata and messages (no password)."""
+        return {"data_root": self.home, "catalog": self.where.catalog.display()}
+
+    def exists(self) -> bool:
+        """Whether a catalog has been created (a run has written) at this location."""
+        return attach.exists(self.where)
 
     def root_id(self) -> str:
-        """This data root's id (a UUID written once into `root_id`): it moves and is copied with the
-        root, and names the root in the Dagster instance that holds its run history."""
-        path = self.home / "root_id"
+        """This data root's id (a UUID written once into `NX_HOME/root_id`): it moves and is copied with
+        the root, and names the root in the Dagster instance that holds its run history."""
+        if self.where.remote:
+            fs, path = self.where.fs, self.where.url("root_id")
+            try:
+                return fs.cat_file(path).decode().strip()
+            except FileNotFoundError:
+                fs.pipe_file(path, (uuid.uuid4().hex + "\n").encode())
+                return fs.cat_file(path).decode().strip()
+        path = Path(self.home) / "root_id"
         try:
             return path.read_text().strip()
         except FileNotFoundError:
-            self.home.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:  # another process created it first
@@ -107,53 +138,67 @@ class Catalog:
             return path.read_text().strip()
 
     def check_writable(self) -> None:
-        """Fail early, before any computation, if NX_HOME cannot take writes."""
-        probe = self.home / f".write-probe-{os.getpid()}"
+        """Fail early, before any computation, if NX_HOME (and the local state folder) cannot take writes:
+        for s3:// the bucket must exist and the credentials must be allowed to write under the prefix."""
+        folder = self.local if self.where.remote else Path(self.home) / "data"
+        probe = self.local / f".write-probe-{os.getpid()}"
+        what = f"local state folder {str(self.local)!r} of NX_HOME {self.home!r} (NX_STATE)" if self.where.remote \
+            else f"NX_HOME {self.home!r}"
         try:
-            self.data_path.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
         except OSError as e:
             with contextlib.suppress(OSError):
                 probe.unlink()
             if _is_disk_full(e):
                 raise self._disk_full(e) from e
-            raise NxInputError(
-                f"NX_HOME {str(self.home)!r}", f"is not writable ({e.strerror or e})",
-                "point NX_HOME at a folder you can write to, or fix its permissions",
-            ) from e
+            raise NxInputError(what, f"is not writable ({e.strerror or e})",
+                               "point it at a folder you can write to, or fix its permissions") from e
         probe.unlink()
+        if self.where.catalog.kind == "postgres":
+            attach.exists(self.where)  # reachable, credentials accepted, database present: or a named error
+        if self.where.remote:
+            from nx_dagster.storage import s3
+
+            s3.check_bucket(self.home, write=True)
 
     def _disk_full(self, e: BaseException) -> DiskFull:
-        return DiskFull(f"NX_HOME {str(self.home)!r}", "disk full (No space left on device); what this write "
+        return DiskFull(f"NX_HOME {self.home!r}", "disk full (No space left on device); what this write "
                         "created was removed", "free space on that disk (`nxd gc --apply` removes files no "
                         "snapshot references) or point NX_HOME at a disk with room")
 
     def connect(self, read_only: bool = False, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with the catalog attached as `nx` and selected, tables created.
 
-        `read_only` (what `nxd sql` uses) writes nothing under NX_HOME, so a shared or read-only
-        data root can be queried; it needs a catalog that a run has already created. `snapshot` (a
-        DuckLake snapshot id; read-only only) attaches the whole catalog as it was at that snapshot:
-        the one way to read a release or any past state."""
+        `read_only` (what `nxd sql` uses) writes nothing, so a shared or read-only data root can be
+        queried; it needs a catalog that a run has already created. `snapshot` (a DuckLake snapshot
+        id; read-only only) attaches the whole catalog as it was at that snapshot: the one way to read
+        a release or any past state."""
         if snapshot is not None and not read_only:
             raise ValueError("a catalog attached at a past snapshot is read-only: pass read_only=True")
-        if read_only:
-            if not self.catalog_path.is_file():
+        if read_only and not self._readable:
+            if not self.exists():
                 raise NxInputError(
-                    f"NX_HOME {str(self.home)!r}", "holds no catalog yet",
+                    f"NX_HOME {self.home!r}" + ("" if self.where.catalog.kind == "sqlite" and not self.where.remote
+                                                else f" (NX_CATALOG {self.where.catalog.display()!r})"),
+                    "holds no catalog yet",
                     "run `nxd run` first, or point NX_HOME (or --home) at an existing data root",
                 )
-        else:
+            if self.where.remote:
+                from nx_dagster.storage import s3
+
+                s3.check_bucket(self.home, write=False)
+            self._readable = True
+        elif not read_only and not self._writable:
             self.check_writable()
+            self._writable = True
         con = duckdb.connect()
-        for ext in ("sqlite", "ducklake"):
-            load_extension(con, ext)
-        self._retry(lambda: con.execute(
-            f"ATTACH IF NOT EXISTS 'ducklake:sqlite:{self.catalog_path}' AS {ALIAS} "
-            f"(DATA_PATH '{self.data_path}/', OVERRIDE_DATA_PATH TRUE{', READ_ONLY' if read_only else ''}"
-            f"{f', SNAPSHOT_VERSION {int(snapshot)}' if snapshot is not None else ''})"
-        ))
-        con.execute(f"USE {ALIAS}")
+        try:
+            attach.extensions(con, self.where)
+            attach.attach(con, self.where, read_only, snapshot, self._retry)
+        except BaseException:
+            con.close()
+            raise
         if read_only:
             return con
         existing: dict[str, set[str]] = {}
@@ -186,7 +231,7 @@ class Catalog:
     def _writer_lock(self):
         """The exclusive writer lock (an OS file lock: it dies with its process), waited for at most
         NX_CATALOG_WAIT_S; past that, CatalogBusy."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.local.mkdir(parents=True, exist_ok=True)
         wait = wait_seconds()
         lock = filelock.FileLock(self.lock_path, timeout=wait)
         try:
@@ -199,7 +244,7 @@ class Catalog:
             lock.release()
 
     def _busy(self, wait: float, what: str) -> CatalogBusy:
-        return CatalogBusy(f"catalog {str(self.catalog_path)!r}", f"other writers held {what} for more than "
+        return CatalogBusy(f"catalog {self.where.catalog.display()!r}", f"other writers held {what} for more than "
                            f"NX_CATALOG_WAIT_S={wait:g} s", "let the other runs finish, or raise NX_CATALOG_WAIT_S")
 
     def _retry(self, fn):
@@ -248,7 +293,7 @@ class Catalog:
             con = con or self.connect()
             try:
                 with self._writer_lock():
-                    before = self._data_files()
+                    before = self._data_files(p[0] for p in prepared)
                     try:
                         self._retry(lambda: self._commit(con, prepared, message, before))
                     except BaseException as e:
@@ -261,8 +306,16 @@ class Catalog:
                 if own:
                     con.close()
 
-    def _data_files(self) -> set[Path]:
-        return {p for p in self.data_path.rglob("*") if p.is_file()} if self.data_path.is_dir() else set()
+    def _data_files(self, tables: Iterable[str]) -> set[str]:
+        """The files under the data folders of `tables` (DuckLake writes `data/main/<table>/…`), as
+        paths of `where.fs`: what a failed transaction wrote is the difference of two of these."""
+        fs, out = self.where.fs, set()
+        for table in set(tables):
+            try:
+                out.update(fs.find(f"{self.data_url}main/{table}/"))
+            except FileNotFoundError:
+                pass
+        return out
 
     def replace_if_changed(
         self, table: str, rows: pa.Table | Iterable[pa.Table], keys: dict[str, object], message: str = "",
@@ -281,7 +334,7 @@ class Catalog:
                     if self._holds(con, table, rows, cond, params, ignore):
                         log.info("%s: partition %s unchanged, nothing written", table, keys)
                         return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
-                    before = self._data_files()
+                    before = self._data_files([table])
                     self._retry(lambda: self._commit(con, [(table, rows, cond, params)], message, before))
                     return self._retry(lambda: con.execute(
                         f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
@@ -320,7 +373,7 @@ class Catalog:
         import pyarrow.parquet as pq
 
         me = procs.identity()
-        folder = self.home / "staging" / f"{me['pid']}-{me['start']}-{uuid.uuid4().hex}"
+        folder = self.local / "staging" / f"{me['pid']}-{me['start']}-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
             n = 0
@@ -355,7 +408,11 @@ class Catalog:
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            cleanup.remove_unreferenced(self, self._data_files() - before)
+            if self.where.catalog.shared:
+                log.warning("a transaction failed; the data files it wrote stay until `nxd gc --apply` "
+                            "(with a shared catalog another machine's commit may be writing beside it)")
+            else:
+                cleanup.remove_unreferenced(self, con, self._data_files(t for t, *_ in prepared) - before)
             raise
 
     def query(self, sql: str, params: Sequence | None = None) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Files under NX_HOME that no snapshot references: after a failed write, and on request (`nxd gc`).
+"""Files under NX_HOME (and its local state folder) that no snapshot references: after a failed write, and on request (`nxd gc`).
 
 A DuckLake transaction writes its Parquet files under data/ before it commits; if the commit fails
 (a full disk, a kill) nothing references them but they stay, and so can a staging folder or a write
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from nx_dagster import procs
-from nx_dagster.storage.extensions import load_extension
+from nx_dagster.storage.attach import ALIAS
 
 if TYPE_CHECKING:
     from nx_dagster.storage.catalog import Catalog
@@ -26,31 +26,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def referenced(catalog: "Catalog") -> set[str]:
-    """File names of every data and delete file that any snapshot references (DuckLake metadata)."""
-    with contextlib.closing(duckdb.connect()) as con:
-        load_extension(con, "sqlite")
-        con.execute(f"ATTACH '{catalog.catalog_path}' AS meta (TYPE sqlite, READ_ONLY)")
-        rows = catalog._retry(lambda: con.execute(
-            "SELECT path FROM meta.ducklake_data_file UNION ALL SELECT path FROM meta.ducklake_delete_file"
-        ).fetchall())
-    return {Path(r[0]).name for r in rows}
+def referenced(catalog: "Catalog", con: duckdb.DuckDBPyConnection) -> set[str]:
+    """File names of every data and delete file that any snapshot references (DuckLake's metadata
+    tables, read through `con`, a connection with the catalog attached)."""
+    meta = f"__ducklake_metadata_{ALIAS}"
+    rows = catalog._retry(lambda: con.execute(
+        f"SELECT path FROM {meta}.ducklake_data_file UNION ALL SELECT path FROM {meta}.ducklake_delete_file"
+    ).fetchall())
+    return {r[0].rsplit("/", 1)[-1] for r in rows}
 
 
-def remove_unreferenced(catalog: "Catalog", created: set[Path]) -> None:
-    """Remove the files in `created` (written under data/ by a transaction that failed) that the
-    catalog does not reference. Call it with the writer lock held, so no other transaction wrote them."""
+def remove_unreferenced(catalog: "Catalog", con: duckdb.DuckDBPyConnection, created: set[str]) -> None:
+    """Remove the files in `created` (paths of the root's filesystem, written under data/ by a
+    transaction that failed) that the catalog does not reference. Call it with the writer lock held,
+    so no other transaction (on this machine, with a catalog no other machine writes) wrote them."""
     if not created:
         return
     try:
-        keep = referenced(catalog)
+        keep = referenced(catalog, con)
     except Exception:  # noqa: BLE001 - without the metadata, removing nothing is the safe choice
         log.exception("could not read the catalog to clean up after a failed write; kept %d files", len(created))
         return
+    fs = catalog.where.fs
     for path in created:
-        if path.name not in keep:
+        if path.rsplit("/", 1)[-1] not in keep:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                fs.rm_file(path)
                 log.warning("removed %s, written by a failed transaction", path)
 
 
@@ -71,18 +72,21 @@ def collect(catalog: "Catalog", apply: bool = False) -> list[tuple[str, int]]:
     found: list[tuple[str, int]] = []
     with contextlib.ExitStack() as stack:
         # connect before locking: connecting may create missing tables, which takes the lock itself
-        con = stack.enter_context(catalog.session()) if catalog.catalog_path.is_file() else None
+        con = stack.enter_context(catalog.session()) if catalog.exists() else None
         stack.enter_context(catalog._writer_lock())
         if con is not None:
+            # a catalog shared with other machines: spare files young enough to belong to a commit in flight
+            age = (", older_than => now() - INTERVAL 1 DAY" if catalog.where.catalog.shared else ", cleanup_all => true")
             orphans = catalog._retry(lambda: con.execute(
-                "CALL ducklake_delete_orphaned_files('nx', dry_run => true, cleanup_all => true)").fetchall())
-            found += [(r[0], _size(Path(r[0]))) for r in orphans]
+                f"CALL ducklake_delete_orphaned_files('{ALIAS}', dry_run => true{age})").fetchall())
+            fs = catalog.where.fs
+            found += [(r[0], fs.size(r[0]) if fs.exists(r[0]) else 0) for r in orphans]
             if apply and orphans:
                 catalog._retry(lambda: con.execute(
-                    "CALL ducklake_delete_orphaned_files('nx', dry_run => false, cleanup_all => true)").fetchall())
-        staging = catalog.home / "staging"
+                    f"CALL ducklake_delete_orphaned_files('{ALIAS}', dry_run => false{age})").fetchall())
+        staging = catalog.local / "staging"
         leftovers = [p for p in staging.iterdir() if _dead(p.name)] if staging.is_dir() else []
-        leftovers += [p for p in catalog.home.glob(".write-probe-*") if _dead(p.name)]
+        leftovers += [p for p in catalog.local.glob(".write-probe-*") if _dead(p.name)]
         for path in leftovers:
             found.append((str(path), _size(path)))
             if apply:

@@ -43,7 +43,7 @@ def checksum(con: duckdb.DuckDBPyConnection, table: str, snapshot: int) -> tuple
     return int(n), f"{int(total) % _MOD:016x}"
 
 
-def files(con: duckdb.DuckDBPyConnection, table: str, snapshot: int, data_path: Path) -> list[dict]:
+def files(con: duckdb.DuckDBPyConnection, table: str, snapshot: int, data_path: str | Path) -> list[dict]:
     """The Parquet files `table` references at `snapshot`: [{path, bytes, kind: data|delete}], paths
     relative to the data root's data/ folder. Rows DuckLake keeps inlined in its metadata (small
     writes) are in no file."""

@@ -147,7 +147,7 @@ def _freeze(catalog, con, name, message, code_versions, existing) -> dict:
         unchanged = before is not None and last is not None and last <= parent_snap
         entry = {"rows": before["rows"], "checksum": before["checksum"]} if unchanged else dict(
             zip(("rows", "checksum"), content.checksum(con, t, snapshot)))
-        entry["files"] = content.files(con, t, snapshot, catalog.data_path)
+        entry["files"] = content.files(con, t, snapshot, catalog.data_url)
         entry.update({k: before[k] for k in content.LINEAGE_KEYS if k in before} if unchanged
                      else content.lineage(con, t, snapshot, new_tables))
         entry["code_versions"] = code_versions.get(t, {})

@@ -18,7 +18,6 @@ import duckdb
 from nx_dagster.errors import NxInputError
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.catalog import ALIAS
-from nx_dagster.storage.extensions import load_extension
 
 
 @contextlib.contextmanager
@@ -28,27 +27,9 @@ def open_at(cat: Catalog, snapshot: int | None = None) -> Iterator[tuple[duckdb.
     `snapshot` None means the latest. Nothing under the data root is written."""
     if snapshot is not None and snapshot < 0:
         raise NxInputError(f"snapshot {snapshot}", "is negative", "snapshot ids count from 0; see nx.snapshots()")
-    if not cat.catalog_path.is_file():
-        cat.connect(read_only=True)  # raises the catalog's own "holds no catalog yet" error
-    con = duckdb.connect()
-    try:
-        for ext in ("sqlite", "ducklake"):
-            load_extension(con, ext)
-        at = "" if snapshot is None else f", SNAPSHOT_VERSION {int(snapshot)}"
-        try:
-            cat._retry(lambda: con.execute(
-                f"ATTACH 'ducklake:sqlite:{cat.catalog_path}' AS {ALIAS} (DATA_PATH '{cat.data_path}/', READ_ONLY{at})"))
-        except duckdb.InvalidInputException as e:
-            if "no snapshot found" not in str(e).lower():
-                raise
-            raise NxInputError(f"snapshot {snapshot}", "does not exist in this catalog",
-                               "pick a snapshot_id from `nxd sql \"SELECT * FROM nx.snapshots()\"`, or leave "
-                               "--snapshot out for the latest") from None
-        con.execute(f"USE {ALIAS}")
+    with cat.session(read_only=True, snapshot=snapshot) as con:
         current = con.execute(f"SELECT id FROM {ALIAS}.current_snapshot()").fetchone()[0]
         yield con, current
-    finally:
-        con.close()
 
 
 def pick_model(con: duckdb.DuckDBPyConnection, model: str | None = None) -> dict:

@@ -1,0 +1,105 @@
+"""Attach a data root's DuckLake catalog to a DuckDB connection, wherever its metadata and data live.
+
+The metadata database is SQLite (a file) or PostgreSQL (`Location.catalog`); the data is a local folder
+or `s3://` (DuckDB's httpfs extension, with a secret from the standard AWS settings). Every attach
+names the root's own `data/` with `OVERRIDE_DATA_PATH`, so a moved or copied root reads its own files.
+
+Errors: `NxInputError` for a catalog that does not exist yet (read-only use), a snapshot that does not
+exist, and an unreachable or refusing PostgreSQL server (naming NX_CATALOG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import duckdb
+
+from nx_dagster.errors import NxInputError
+from nx_dagster.storage.extensions import load_extension
+from nx_dagster.storage.location import Location
+
+ALIAS = "nx"
+PG_FIX = "check NX_CATALOG (host, port, user, password, database) and that the server is running"
+
+
+def extensions(con: duckdb.DuckDBPyConnection, where: Location) -> None:
+    """Load what `where` needs (offline, from the duckdb-extension-* packages) and its S3 secret."""
+    load_extension(con, "ducklake")
+    load_extension(con, "postgres" if where.catalog.kind == "postgres" else "sqlite")
+    if where.remote:
+        from nx_dagster.storage import s3
+
+        load_extension(con, "httpfs")
+        con.execute(s3.duckdb_secret(where.bucket))
+
+
+def redact(text: str) -> str:
+    """`text` without any password of a libpq string or URL (errors quote the connection string)."""
+    text = re.sub(r"password\s*=\s*'(?:[^'\\]|\\.)*'", "password=***", text)
+    text = re.sub(r"password\s*=\s*[^\s'\"]+", "password=***", text)
+    return re.sub(r"(postgres(?:ql)?://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
+
+
+def _pg_error(where: Location, e: Exception) -> NxInputError:
+    text = redact(" ".join(str(e).split())[:400])
+    low = text.lower()
+    if "password authentication failed" in low or "authentication" in low or "role" in low and "does not exist" in low:
+        problem = f"refused the credentials ({text})"
+    elif "database" in low and "does not exist" in low:
+        problem = f"names a database that does not exist ({text}); create it first (createdb)"
+    else:
+        problem = f"cannot be reached ({text})"
+    return NxInputError(f"NX_CATALOG {where.catalog.display()!r}", problem, PG_FIX)
+
+
+def exists(where: Location) -> bool:
+    """Whether the catalog database holds a DuckLake catalog already (nothing is created)."""
+    db = where.catalog
+    if db.kind == "sqlite":
+        return Path(db.target).is_file()
+    with contextlib.closing(duckdb.connect()) as con:
+        load_extension(con, "postgres")
+        try:
+            con.execute(f"ATTACH '{_q(db.target)}' AS pgmeta (TYPE postgres, READ_ONLY)")
+            n = con.execute("SELECT count(*) FROM pgmeta.information_schema.tables "
+                            "WHERE table_name = 'ducklake_metadata'").fetchone()[0]
+        except duckdb.Error as e:
+            raise _pg_error(where, e) from None
+    return n > 0
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, snapshot: int | None, retry) -> None:
+    """ATTACH the catalog as `nx` (and USE it). `retry` wraps the statement (busy SQLite)."""
+    opts = [f"DATA_PATH '{_q(where.data_url)}'", "OVERRIDE_DATA_PATH TRUE"]
+    if read_only:
+        opts.append("READ_ONLY")
+    if snapshot is not None:
+        opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+    sql = f"ATTACH IF NOT EXISTS '{_q(where.catalog.attach_uri)}' AS {ALIAS} ({', '.join(opts)})"
+    try:
+        retry(lambda: con.execute(sql))
+    except duckdb.InvalidInputException as e:
+        if snapshot is not None and "no snapshot found" in str(e).lower():
+            raise NxInputError(f"snapshot {snapshot}", "does not exist in this catalog",
+                               "pick a snapshot_id from `nxd sql \"SELECT * FROM nx.snapshots()\"`, or leave "
+                               "it out for the latest") from None
+        raise
+    except duckdb.Error as e:
+        if where.catalog.kind == "postgres":
+            if "version" in str(e).lower() and "ducklake" in str(e).lower():
+                raise NxInputError(f"NX_CATALOG {where.catalog.display()!r}", "holds a DuckLake catalog of a version "
+                                   f"this one cannot use ({redact(str(e).splitlines()[0][:200])})",
+                                   "point NX_CATALOG at a new database, or use the nx_dagster version that "
+                                   "created it") from None
+            raise _pg_error(where, e) from None
+        if where.remote and ("http" in str(e).lower() or "s3" in str(e).lower()):
+            raise NxInputError(f"NX_HOME {where.home!r}", f"could not be read ({str(e).splitlines()[0][:200]})",
+                               "check the AWS settings (README: Object storage)") from None
+        raise
+    con.execute(f"USE {ALIAS}")
