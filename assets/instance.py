@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -62,13 +63,48 @@ def open_instance(catalog: Catalog) -> dg.DagsterInstance:
     with open(home / ".nxd-open.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-            instance.get_runs(limit=1)  # create the run and schedule storage while the lock is held
-            instance.all_instigator_state()
+            try:
+                instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+                instance.get_runs(limit=1)  # create the run and schedule storage while the lock is held
+                instance.all_instigator_state()
+            except Exception as e:
+                error = storage_error(home, e)
+                if error is None:
+                    raise
+                raise error from e
             claim_data_root(instance, catalog)
             return instance
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def storage_error(home: Path, e: Exception) -> NxInputError | None:
+    """A one-line error for an instance whose storage cannot be opened: an environment variable its
+    dagster.yaml reads is not set, or its PostgreSQL server refuses (unreachable, wrong credentials,
+    no such database). None for anything else."""
+    from dagster._config.errors import PostProcessingError
+
+    where = f"Dagster instance {home / 'dagster.yaml'}"
+    text = str(e)
+    unset = re.search(r'environment variable "(\w+)" which is not set', text)
+    if unset or isinstance(e, PostProcessingError):
+        var = unset.group(1) if unset else "an environment variable"
+        return NxInputError(where, f"its storage setting reads {var}, which is not set",
+                            f"set {var} (e.g. NX_DAGSTER_PG_URL=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB), "
+                            "or unset DAGSTER_HOME to use the data root's own instance")
+    chain, cause = [], e
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(c).__name__ for c in chain}
+    if names & {"DagsterPostgresException", "OperationalError"}:
+        reason = next((str(getattr(c, "orig", None) or c) for c in chain if type(c).__name__ == "OperationalError"),
+                      text)
+        reason = " ".join(reason.split())[:300]
+        return NxInputError(where, f"cannot open its PostgreSQL storage ({reason})",
+                            "check the server named by its postgres_url (NX_DAGSTER_PG_URL in deploy/dagster.yaml): "
+                            "host, port, user, password and database")
+    return None
 
 
 def claim_data_root(instance: dg.DagsterInstance, catalog: Catalog) -> None:

@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules."""
 
+import os
+
 import pytest
 
 from nx_dagster.cli import main
@@ -25,3 +27,25 @@ def bundled_run(tmp_path_factory):
     finally:
         mp.undo()
     return root
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server on loopback for the whole session (tests/pg_server.py). Skips where none
+    is installed, but fails under CI, whose .ci/run installs it."""
+    from tests.pg_server import NoPostgres, running_server, server_binaries
+
+    try:
+        server_binaries()
+    except NoPostgres as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.create_database()
