@@ -49,3 +49,15 @@ def pg_server():
 def pg_url(pg_server):
     """The URL of a fresh, empty database on the session's PostgreSQL server."""
     return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_db(request, monkeypatch):
+    """Run a test once with the embedded SQLite catalog and once with the catalog in PostgreSQL (a fresh
+    database on the session's server): NX_CATALOG is set for the test and the processes it starts."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("NX_CATALOG", url)
+        return url
+    monkeypatch.delenv("NX_CATALOG", raising=False)
+    return None

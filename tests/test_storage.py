@@ -1,4 +1,5 @@
-"""The catalog: partition replace is idempotent, parallel writers all land, a killed write changes nothing."""
+"""The catalog: partition replace is idempotent, parallel writers all land, a killed write changes nothing;
+the same tests with the catalog in SQLite (embedded) and in PostgreSQL (`catalog_db`)."""
 
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ def stats_rows(layer: int, n: int, value: float) -> pa.Table:
                      "neuron": pa.array(range(n), pa.int32()), "mean": [value] * n})
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_replace_is_idempotent_and_snapshotted(tmp_path):
     cat = Catalog(tmp_path)
     keys = {"model": "m", "gelu_variant": "post_fix", "layer": 0}
@@ -32,6 +34,7 @@ def test_replace_is_idempotent_and_snapshotted(tmp_path):
     assert old == [1.0]
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_replace_many_is_one_transaction(tmp_path):
     cat = Catalog(tmp_path)
     bad = pa.table({"model": ["m"], "layer": pa.array(["not-an-int"])})
@@ -47,6 +50,7 @@ def _writer(home: str, layer: int, barrier) -> None:
                           {"model": "m", "gelu_variant": "post_fix", "layer": layer})
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_parallel_processes_all_land(tmp_path):
     Catalog(tmp_path).connect().close()  # create the catalog first
     ctx = mp.get_context("spawn")
@@ -61,6 +65,7 @@ def test_parallel_processes_all_land(tmp_path):
     assert rows.to_pylist() == [{"layer": i, "n": 50} for i in range(4)]
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_killed_writer_leaves_previous_state(tmp_path):
     cat = Catalog(tmp_path)
     keys = {"model": "m", "gelu_variant": "post_fix", "layer": 0}
@@ -94,6 +99,7 @@ def test_unwritable_home_is_named(tmp_path):
     assert "Fix:" in str(e.value)
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_two_nxd_runs_at_once_both_land(tmp_path):
     from tests.checkpoints import build_checkpoint
 
@@ -118,6 +124,7 @@ def _tree(root) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.usefixtures("catalog_db")
 def test_nxd_sql_reads_without_writing(tmp_path, capsys):
     """`nxd sql` attaches the catalog read-only: nothing under NX_HOME changes, writes are refused."""
     from nx_dagster.cli import main

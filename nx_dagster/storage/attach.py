@@ -70,12 +70,21 @@ def exists(where: Location) -> bool:
     return n > 0
 
 
+def retryable(e: BaseException) -> bool:
+    """SQLite busy, a DuckLake transaction conflict (another writer committed to the same table first:
+    PostgreSQL catalogs), or two processes creating a fresh PostgreSQL catalog at once: worth a retry."""
+    text = str(e).lower()
+    return ("database is locked" in text or "database is busy" in text or "conflict" in text
+            or ("failed to initialize ducklake" in text and "duplicate key" in text))
+
+
 def _q(text: str) -> str:
     return text.replace("'", "''")
 
 
-def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, snapshot: int | None, retry) -> None:
-    """ATTACH the catalog as `nx` (and USE it). `retry` wraps the statement (busy SQLite)."""
+def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, snapshot: int | None) -> None:
+    """ATTACH the catalog as `nx` (and USE it). A busy SQLite file raises duckdb.Error: the caller retries
+    with a new connection."""
     opts = [f"DATA_PATH '{_q(where.data_url)}'", "OVERRIDE_DATA_PATH TRUE"]
     if read_only:
         opts.append("READ_ONLY")
@@ -83,7 +92,7 @@ def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, sna
         opts.append(f"SNAPSHOT_VERSION {int(snapshot)}")
     sql = f"ATTACH IF NOT EXISTS '{_q(where.catalog.attach_uri)}' AS {ALIAS} ({', '.join(opts)})"
     try:
-        retry(lambda: con.execute(sql))
+        con.execute(sql)
     except duckdb.InvalidInputException as e:
         if snapshot is not None and "no snapshot found" in str(e).lower():
             raise NxInputError(f"snapshot {snapshot}", "does not exist in this catalog",
@@ -91,6 +100,8 @@ def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, sna
                                "it out for the latest") from None
         raise
     except duckdb.Error as e:
+        if retryable(e):
+            raise
         if where.catalog.kind == "postgres":
             if "version" in str(e).lower() and "ducklake" in str(e).lower():
                 raise NxInputError(f"NX_CATALOG {where.catalog.display()!r}", "holds a DuckLake catalog of a version "

@@ -72,12 +72,7 @@ def _is_disk_full(e: BaseException) -> bool:
     return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in text or "disk is full" in text
 
 
-def _is_locked_error(e: Exception) -> bool:
-    """SQLite busy, a DuckLake transaction conflict (another writer committed to the same table first:
-    PostgreSQL catalogs), or two processes creating a fresh PostgreSQL catalog at once: worth a retry."""
-    text = str(e).lower()
-    return ("database is locked" in text or "database is busy" in text or "conflict" in text
-            or ("failed to initialize ducklake" in text and "duplicate key" in text))
+_is_locked_error = attach.retryable
 
 
 class Catalog:
@@ -192,13 +187,19 @@ class Catalog:
         elif not read_only and not self._writable:
             self.check_writable()
             self._writable = True
-        con = duckdb.connect()
-        try:
-            attach.extensions(con, self.where)
-            attach.attach(con, self.where, read_only, snapshot, self._retry)
-        except BaseException:
-            con.close()
-            raise
+        def attached() -> duckdb.DuckDBPyConnection:
+            # a new connection for every try: an ATTACH that failed on a busy SQLite file may keep a read
+            # lock open on its connection, which would hold off the very commit it is waiting for
+            con = duckdb.connect()
+            try:
+                attach.extensions(con, self.where)
+                attach.attach(con, self.where, read_only, snapshot)
+                return con
+            except BaseException:
+                con.close()
+                raise
+
+        con = self._retry(attached)
         if read_only:
             return con
         existing: dict[str, set[str]] = {}
