@@ -151,7 +151,7 @@ def activations(context: dg.AssetExecutionContext, nx: NxResource, config: Activ
                       "formula": dg.MetadataValue.text(VARIANTS[v].formula),
                       "dagster/column_schema": schema(tables["records"]), "pass_layers": layer_list},
             check_results=_check_results(key, tables["records"], tables["stats"], min(nx.top_k, n_seq),
-                                         min(nx.random_k, n_seq), nx.provenance()),
+                                         min(nx.random_k, n_seq), {**nx.provenance(), "layers": layer_list}),
         )
     if fix:
         rows = out["fix_impact"].to_pylist()
