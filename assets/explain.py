@@ -139,8 +139,8 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
             context.add_asset_metadata({
                 "layer": layer, "dagster/row_count": own.num_rows, **stage.score_summary(own),
                 "ev_correlation_distribution": dg.MetadataValue.md(histogram(own_ev, label="ev_correlation")),
-                **({"pre_vs_post": dg.MetadataValue.md(markdown_table([comparison[layer]]))}
-                   if layer in comparison else {}),
+                **({} if same else {"pre_vs_post": dg.MetadataValue.md(  # "_no rows_" until both are scored
+                    markdown_table([comparison[layer]] if layer in comparison else []))}),
             }, partition_key=str(layer))
         meta = {**nx.provenance(), "simulator_model": client.settings.simulator_model if client else None,
                 "explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
