@@ -137,7 +137,8 @@ def activations(context: dg.AssetExecutionContext, nx: NxResource, config: Activ
     settings = {**nx.activations_settings(), "neurons": f"{runs[0].start}-{runs[0].stop - 1}" if runs[0] else "all"}
     n_seq = out["tokens"] // s.corpus.seq_len
     run_wide = {**nx.provenance(), "batch_size": nx.batch_size, "device": s.device, "tokens": out["tokens"],
-                "seconds": round(out["seconds"], 2), "tokens_per_second": round(out["tokens"] / max(out["seconds"], 1e-9)),
+                "seconds": round(out["seconds"], 2),
+                "tokens_per_second": round(out["tokens"] / max(out["seconds"], 1e-9)),
                 "catalog_snapshot": out["snapshot"],
                 "same_pass": ", ".join([*(str(ACTIVATION_KEYS[v].to_user_string()) for v in variants),
                                         *(["gelu_fix_impact"] if fix else [])])}

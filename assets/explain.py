@@ -71,12 +71,13 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer,
-                                           client)
+                                           client, report=context.log.info)
         t = out["table"]
         failed = t["explanation"].null_count
         for layer in layer_list:  # each partition's own figures
             own = of_layer(t, layer)
-            sample = [{k: r[k] for k in ("neuron", "explanation", "failure_reason")} for r in own.slice(0, 10).to_pylist()]
+            sample = [{k: r[k] for k in ("neuron", "explanation", "failure_reason")}
+                      for r in own.slice(0, 10).to_pylist()]
             context.add_asset_metadata({"layer": layer, "dagster/row_count": own.num_rows,
                                         "failures": own["explanation"].null_count,
                                         "sample": dg.MetadataValue.md(markdown_table(sample))},
@@ -124,7 +125,7 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
-                                     layer_list, shard, explainer, simulator, client)
+                                     layer_list, shard, explainer, simulator, client, report=context.log.info)
         scores = out["scores"]
         corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
                                for c in ("ev_correlation", "ev_correlation_top", "ev_correlation_random")])

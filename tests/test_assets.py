@@ -98,7 +98,8 @@ def test_cli_run_and_sql(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NX_MODEL", str(ckpt))
     monkeypatch.setenv("NX_CORPUS", str(corpus))
     assert main(["run", "--stages", "activations", "--variants", "pre_fix", "--layers", "1", "--seq-len", "16"]) == 0
-    capsys.readouterr()
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if "activations: pre_fix layers [1]: " in ln]
+    assert progress and "tokens (100%)" in progress[-1] and "tokens/s" in progress[-1]  # the long stage's progress
     assert main(["sql", "--format", "json", "SELECT layer, count(*) AS n FROM neuron_stats GROUP BY layer"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"layer": 1, "n": 128}]
     assert main(["sql", "--format", "csv", "SELECT model, n_layer FROM models"]) == 0

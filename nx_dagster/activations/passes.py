@@ -61,7 +61,7 @@ def record_pass(
 
         for v in variants:
             # the forward pass never writes to an activation it has handed out, so holding it is safe
-            also = None if hist is None else held.__setitem__ if v == "pre_fix" else compare if v == "post_fix" else None
+            also = None if hist is None else {"pre_fix": held.__setitem__, "post_fix": compare}.get(v)
             rec = recorders.get(v)
             if rec is not None:
                 rec.step(seq_ids, token_ids, depth, also)

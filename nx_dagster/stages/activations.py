@@ -102,20 +102,22 @@ def count_sequences(catalog: Catalog, model: str, corpus: str) -> int:
     return n
 
 
-def progress(label: str, total: int, report: Progress | None, every_s: float = 5.0) -> Callable[[int, int], None]:
-    """`on_batch(batches_done, done)` that reports `label: done/total tokens (%), rate, time left` at
-    most every `every_s` seconds, and once at the end."""
+def progress(label: str, total: int, report: Progress | None, every_s: float = 5.0,
+             unit: str = "tokens") -> Callable[[int, int], None]:
+    """`on_batch(batches_done, done)` that reports `label: done/total unit (%), rate, time left` at
+    most every `every_s` seconds, and once at the end (with the time taken)."""
     start = time.perf_counter()
     last = [-float("inf")]
 
-    def on_batch(done_batches: int, tokens: int) -> None:
+    def on_batch(done_batches: int, done: int) -> None:
         now = time.perf_counter()
-        if report and (now - last[0] >= every_s or tokens >= total):
+        if report and (now - last[0] >= every_s or done >= total):
             last[0] = now
-            rate = tokens / max(now - start, 1e-9)
-            left = f", {(total - tokens) / rate:,.0f} s left" if tokens < total else f", {now - start:,.1f} s"
-            report(f"{label}: {tokens:,}/{total:,} tokens ({100 * tokens / max(total, 1):.0f}%), "
-                   f"{rate:,.0f} tokens/s{left}")
+            rate = done / max(now - start, 1e-9)
+            left = (f", {now - start:,.1f} s" if done >= total else
+                    f", {(total - done) / rate:,.0f} s left" if done else "")
+            report(f"{label}: {done:,}/{total:,} {unit} ({100 * done / max(total, 1):.0f}%), "
+                   f"{rate:,.0f} {unit}/s{left}")
     return on_batch
 
 
