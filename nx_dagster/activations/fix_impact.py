@@ -59,13 +59,21 @@ class DiffHistogram:
         self.sum = torch.zeros(n_layer, dtype=torch.float64, device=device)
         self._one = torch.ones(1, dtype=torch.int64, device=device)
 
-    def update(self, layer: int, diff: torch.Tensor) -> None:
-        """diff: |post_fix − pre_fix| of one layer, any shape, >= 0 (float32, bfloat16 or float16)."""
+    def update(self, layer: int, diff: torch.Tensor, scratch: bool = False) -> None:
+        """diff: |post_fix − pre_fix| of one layer, any shape, >= 0 (float32, bfloat16 or float16).
+        With `scratch` a float32 `diff` is overwritten (its buckets are computed in place)."""
         d = _flat(diff.float())
-        bucket = ((d.view(torch.int32) >> SHIFT) - (LO - 1)).clamp_(0, N_BUCKETS - 1)  # NaN: the last
-        self.counts[layer].index_add_(0, bucket, self._one.expand(len(bucket)))  # an on-device scatter-add
         torch.maximum(self.max[layer], d.max().double(), out=self.max[layer])
         self.sum[layer] += d.sum(dtype=torch.float64)
+        bits = d.view(torch.int32) if scratch and d.data_ptr() == diff.data_ptr() else d.view(torch.int32).clone()
+        bucket = bits.bitwise_right_shift_(SHIFT).sub_(LO - 1).clamp_(0, N_BUCKETS - 1)  # NaN: the last bucket
+        # an on-device scatter-add (bincount would size its output from the data: a host sync on a GPU)
+        self.counts[layer].index_add_(0, bucket, self._one.expand(len(bucket)))
+
+    def update_pair(self, layer: int, pre: torch.Tensor, post: torch.Tensor) -> None:
+        """Add |post − pre| of one layer (same shape), computed in `pre`'s memory, which is overwritten."""
+        self.update(layer, pre.sub_(post).abs_() if pre.dtype == torch.float32 else (post.float() - pre.float()).abs(),
+                    scratch=True)
 
     @staticmethod
     def _quantile(counts: np.ndarray, q: float, exact_max: float) -> float:

@@ -57,10 +57,11 @@ def record_pass(
         held: dict[int, torch.Tensor] = {}  # pre_fix activations by layer, until post_fix gets there
 
         def compare(layer: int, post: torch.Tensor) -> None:
-            hist.update(layer, (post - held.pop(layer)).abs())
+            hist.update_pair(layer, held.pop(layer), post)  # |pre − post| = |post − pre|, exactly
 
         for v in variants:
-            # the forward pass never writes to an activation it has handed out, so holding it is safe
+            # the forward pass never reads an activation again once its block is done (nor writes one it
+            # handed out), so pre_fix's can be held and then overwritten by the difference
             also = None if hist is None else {"pre_fix": held.__setitem__, "post_fix": compare}.get(v)
             rec = recorders.get(v)
             if rec is not None:
