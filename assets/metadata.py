@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 
 from nx_dagster.viewer.serve import page_url
 
-_MARKDOWN = re.compile(r"([\\`*_\[\]<>|~&$])")  # what is markup inside a table cell
+# what is markup inside a table cell; `_` only where it could open or close emphasis (an underscore
+# between two letters or digits never does, so `activation_records` stays readable as written)
+_MARKDOWN = re.compile(r"([\\`*\[\]<>|~&$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
 
 
 def schema(table: pa.Table) -> dg.TableSchema:
