@@ -75,7 +75,8 @@ def test_each_partition_event_describes_its_own_layer(tmp_path):
 
 def test_markdown_tables_render_text_as_written():
     markdown_it = pytest.importorskip("markdown_it")
-    text = ["x*sigmoid(1.702*x)", "'**'", "a|b", "activation_records", "__init__", "W_out·diag(ln_2.g)·W_in", "<b>_x_</b> &amp; `c` ~~s~~ [l](u) \\"]
+    text = ["x*sigmoid(1.702*x)", "'**'", "a|b", "activation_records", "__init__", "W_out·diag(ln_2.g)·W_in",
+            "<b>_x_</b> &amp; `c` ~~s~~ [l](u) \\"]
     table = markdown_table([{"cell": t, "link": "[0/1](http://127.0.0.1:8765/neurons/0/1.html)"} for t in text],
                            raw=("link",))
     rendered = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(table)
