@@ -11,14 +11,14 @@ import dagster as dg
 import numpy as np
 import pyarrow.compute as pc
 
-from assets.metadata import histogram, markdown_table, schema
+from assets import metadata as meta
+from assets.metadata import schema
 from assets.partitions import layers, register_layers
 from assets.resources import NxResource
 from nx_dagster.activations.fix_impact import QUANTILES
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
 from nx_dagster.stages import activations as stage
-from nx_dagster.viewer.serve import page_url
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
@@ -65,7 +65,8 @@ def _checks(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def _check_results(key, records, stats, expect_top: int, expect_random: int) -> list[dg.AssetCheckResult]:
+def _check_results(key, records, stats, expect_top: int, expect_random: int, about: dict) -> list[dg.AssetCheckResult]:
+    """The three checks over every layer of the run; `about` (data root, model, corpus) joins their metadata."""
     nan_records = int(pc.sum(pc.is_nan(pc.list_flatten(records["activations"]))).as_py() or 0)
     nan_stats = int(pc.sum(pc.is_nan(stats["mean"])).as_py() or 0) + int(stats["mean"].null_count)
     kind = records["kind"].to_numpy(zero_copy_only=False)
@@ -81,91 +82,87 @@ def _check_results(key, records, stats, expect_top: int, expect_random: int) -> 
     short_random = n_neurons * expect_random - int((kind == "random").sum())
     return [
         dg.AssetCheckResult(check_name="no_nan", asset_key=key, passed=nan_records + nan_stats == 0,
-                            metadata={"nan_activations": nan_records, "nan_or_null_means": nan_stats}),
+                            metadata={**about, "nan_activations": nan_records, "nan_or_null_means": nan_stats}),
         dg.AssetCheckResult(check_name="top_records_sorted", asset_key=key, passed=unsorted == 0,
-                            metadata={"out_of_order_pairs": unsorted}),
+                            metadata={**about, "out_of_order_pairs": unsorted}),
         dg.AssetCheckResult(check_name="counts_complete", asset_key=key, passed=short_top == 0 and short_random == 0,
-                            metadata={"missing_top": short_top, "missing_random": short_random}),
+                            metadata={**about, "missing_top": short_top, "missing_random": short_random}),
     ]
 
 
 # The recording code's version; the settings a run used (top_k, random_k, quantile_k, seed, dtype, device)
 # enter each materialization's data version, whichever way they were set.
 ACTIVATIONS_VERSION = "activations-v1-recorder-v2"
+# v3: the differences of the recording's own (neuron-major) forward passes, float-bit buckets
+FIX_IMPACT_VERSION = "fix-impact-v3"
+ACTIVATION_KEYS = {v: dg.AssetKey([v, "activations"]) for v in VARIANTS}
+FIX_IMPACT_KEY = dg.AssetKey("gelu_fix_impact")
 
 
-def activations_asset(variant: str) -> dg.AssetsDefinition:
-    key = dg.AssetKey([variant, "activations"])
-    v = VARIANTS[variant]
+def _specs() -> list[dg.AssetSpec]:
+    specs = [dg.AssetSpec(
+        key, deps=["model", "sequences"], partitions_def=layers, group_name=v, kinds={"pytorch", "duckdb"},
+        code_version=ACTIVATIONS_VERSION,
+        description=f"Activation records and neuron stats with GELU `{v}` = `{VARIANTS[v].formula}` "
+                    f"({VARIANTS[v].meaning}). One partition = one layer (tables activation_records, "
+                    "neuron_stats, token_activation_summary).") for v, key in ACTIVATION_KEYS.items()]
+    specs.append(dg.AssetSpec(
+        FIX_IMPACT_KEY, deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"},
+        code_version=FIX_IMPACT_VERSION,
+        description="|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens: median, "
+                    "p90, p99, p99.9, max per layer and overall (layer NULL). Computed in the recording pass when "
+                    "materialized with the activations."))
+    return specs
 
-    @dg.asset(
-        key=key, deps=["model", "sequences"], partitions_def=layers, group_name=variant, kinds={"pytorch", "duckdb"},
-        code_version=ACTIVATIONS_VERSION, pool="compute",
-        backfill_policy=dg.BackfillPolicy.single_run(), check_specs=_checks(key),
-        description=f"Activation records and neuron stats with GELU `{variant}` = `{v.formula}` ({v.meaning}). "
-                    "One partition = one layer (tables activation_records, neuron_stats).",
-    )
-    def _asset(context: dg.AssetExecutionContext, nx: NxResource, config: ActivationsConfig) -> dg.MaterializeResult:
-        s = nx.subject
-        layer_list = sorted(int(k) for k in context.partition_keys)
-        shards = parse_ranges(config.neurons, "neurons", s.ckpt.config.n_neurons)
-        runs = contiguous_runs(shards) if shards else [None]
-        if len(runs) > 1:
-            raise dg.Failure(f"neurons {config.neurons!r} must be one contiguous range, like 0-511")
-        out = stage.write_activations(nx.catalog, s, variant, layer_list, nx.recorder, runs[0], report=context.log.info)
-        settings = {**nx.activations_settings(), "neurons": f"{runs[0].start}-{runs[0].stop - 1}" if runs[0] else "all"}
-        records, stats = out["records"], out["stats"]
-        n_seq = out["tokens"] // s.corpus.seq_len
-        top_rows = sorted(stats.select(["layer", "neuron", "max_activation", "mean", "variance", "kurtosis"]).to_pylist(),
-                          key=lambda r: -r["max_activation"])[:10]
-        tokens: dict[tuple[int, int], list[str]] = {}
-        for r in out["summary"].select(["layer", "neuron", "rank", "token"]).to_pylist():
-            if r["rank"] < 3:
-                tokens.setdefault((r["layer"], r["neuron"]), []).append(repr(r["token"]))
-        for r in top_rows:
-            r["top_mean_tokens"] = " ".join(tokens.get((r["layer"], r["neuron"]), []))
-            r["page"] = f"[{r['layer']}/{r['neuron']}]({page_url(r['layer'], r['neuron'])})"  # `nxd viewer --serve`
-        return dg.MaterializeResult(
-            data_version=nx.data_version(ACTIVATIONS_VERSION, variant=variant, **settings),
-            metadata={
-                **nx.provenance(), "settings": settings, "batch_size": nx.batch_size, "device": s.device,
-                "gelu_variant": variant, "formula": v.formula, "layers": layer_list,
-                "dagster/row_count": records.num_rows, "neuron_stats_rows": stats.num_rows,
-                "token_summary_rows": out["summary"].num_rows,
-                "dagster/column_schema": schema(records),
-                "tokens": out["tokens"], "seconds": round(out["seconds"], 2),
+
+@dg.multi_asset(
+    name="activations", specs=_specs(), check_specs=[c for key in ACTIVATION_KEYS.values() for c in _checks(key)],
+    can_subset=True, pool="compute", backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def activations(context: dg.AssetExecutionContext, nx: NxResource, config: ActivationsConfig):
+    """Both GELU lineages and the fix impact from one pass over the corpus: each batch runs each selected
+    variant once, and |post_fix − pre_fix| comes from those same activations. Any subset works: one
+    variant, some layers, or the fix impact alone (then nothing is recorded)."""
+    s = nx.subject
+    selected = context.selected_asset_keys
+    variants = [v for v, key in ACTIVATION_KEYS.items() if key in selected]
+    fix = FIX_IMPACT_KEY in selected
+    layer_list = sorted(int(k) for k in context.partition_keys) if variants else []
+    shards = parse_ranges(config.neurons, "neurons", s.ckpt.config.n_neurons)
+    runs = contiguous_runs(shards) if shards else [None]
+    if len(runs) > 1:
+        raise dg.Failure(f"neurons {config.neurons!r} must be one contiguous range, like 0-511")
+    out = stage.write_activations(nx.catalog, s, variants, layer_list, nx.recorder, runs[0], report=context.log.info,
+                                  fix_impact=fix)
+    settings = {**nx.activations_settings(), "neurons": f"{runs[0].start}-{runs[0].stop - 1}" if runs[0] else "all"}
+    n_seq = out["tokens"] // s.corpus.seq_len
+    run_wide = {**nx.provenance(), "batch_size": nx.batch_size, "device": s.device, "tokens": out["tokens"],
+                "seconds": round(out["seconds"], 2),
                 "tokens_per_second": round(out["tokens"] / max(out["seconds"], 1e-9)),
                 "catalog_snapshot": out["snapshot"],
-                "strongest_neurons": dg.MetadataValue.md(markdown_table(top_rows)),
-                "max_activation_distribution": dg.MetadataValue.md(
-                    histogram(stats["max_activation"].to_numpy(), label="max activation")),
-            },
-            check_results=_check_results(key, records, stats, min(nx.top_k, n_seq), min(nx.random_k, n_seq)),
+                "same_pass": ", ".join([*(str(ACTIVATION_KEYS[v].to_user_string()) for v in variants),
+                                        *(["gelu_fix_impact"] if fix else [])])}
+    for v in variants:
+        key, tables = ACTIVATION_KEYS[v], out["variants"][v]
+        for layer in layer_list:
+            context.add_asset_metadata(meta.layer_metadata(tables, layer), asset_key=key, partition_key=str(layer))
+        yield dg.MaterializeResult(
+            asset_key=key, data_version=nx.data_version(ACTIVATIONS_VERSION, variant=v, **settings),
+            metadata={**run_wide, "settings": settings, "gelu_variant": v,
+                      "formula": dg.MetadataValue.text(VARIANTS[v].formula),
+                      "dagster/column_schema": schema(tables["records"]), "pass_layers": layer_list},
+            check_results=_check_results(key, tables["records"], tables["stats"], min(nx.top_k, n_seq),
+                                         min(nx.random_k, n_seq), {**nx.provenance(), "layers": layer_list}),
         )
-
-    return _asset
-
-
-FIX_IMPACT_VERSION = "fix-impact-v2"
-
-
-@dg.asset(deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"},
-          code_version=FIX_IMPACT_VERSION, pool="compute")
-def gelu_fix_impact(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
-    """|post_fix − pre_fix| over every post-MLP activation of every layer on the same tokens:
-    median, p90, p99, p99.9, max per layer and overall (layer NULL)."""
-    out = stage.write_fix_impact(nx.catalog, nx.subject, batch_size=nx.batch_size, report=context.log.info)
-    rows = out["rows"].to_pylist()
-    shown = [{"layer": "all" if r["layer"] is None else r["layer"], **{k: r[k] for k in (*QUANTILES, "max", "n")}}
-             for r in rows]
-    shown.append({"layer": "OpenAI GPT-2 small (published)", **OPENAI_GPT2_SMALL, "max": None, "n": None})
-    overall = rows[-1]
-    return dg.MaterializeResult(data_version=nx.data_version(FIX_IMPACT_VERSION, **nx.compute_version()), metadata={
-        **nx.provenance(), "settings": nx.compute_version(),
-        "fix_impact": dg.MetadataValue.md(markdown_table(shown)),
-        **{f"overall_{k}": float(overall[k]) for k in (*QUANTILES, "max")},
-        "activations_compared": int(overall["n"]), "catalog_snapshot": out["snapshot"],
-    })
+    if fix:
+        rows = out["fix_impact"].to_pylist()
+        overall = rows[-1]
+        yield dg.MaterializeResult(
+            asset_key=FIX_IMPACT_KEY, data_version=nx.data_version(FIX_IMPACT_VERSION, **nx.compute_version()),
+            metadata={**run_wide, "settings": nx.compute_version(), "dagster/row_count": len(rows),
+                      "fix_impact": meta.fix_impact_table(rows, OPENAI_GPT2_SMALL),
+                      **{f"overall_{k}": float(overall[k]) for k in (*QUANTILES, "max")},
+                      "activations_compared": int(overall["n"])})
 
 
-ACTIVATION_ASSETS = [model_asset, sequences, *[activations_asset(v) for v in VARIANTS], gelu_fix_impact]
+ACTIVATION_ASSETS = [model_asset, sequences, activations]

@@ -8,7 +8,6 @@ import warnings
 
 import dagster as dg
 
-from assets.metadata import markdown_table
 from assets.partitions import layers
 from assets.resources import NxResource
 from nx_dagster.connections import write_connections
@@ -35,17 +34,23 @@ def connections(context: dg.AssetExecutionContext, nx: NxResource, config: Conne
     s = nx.subject
     layer_list = sorted(int(k) for k in context.partition_keys)
     out = write_connections(nx.catalog, s.ckpt, layer_list, config.k, s.device)
-    per_layer = [{"layer": layer, **{k: v for k, v in info.items() if k.startswith(("strongest", "neuron_weight"))}}
-                 for layer, info in out["layers"].items()]
     context.log.info(f"connections of layers {layer_list}: {out['neuron_connections']:,} neuron rows, "
                      f"{out['token_connections']:,} token rows")
+    for layer, info in out["layers"].items():  # each partition's own figures
+        context.add_asset_metadata({
+            "layer": layer, "dagster/row_count": info["neuron_rows"] + info["token_rows"],
+            "neuron_connection_rows": info["neuron_rows"], "token_connection_rows": info["token_rows"],
+            **{k: v for k, v in info.items() if k.startswith(("strongest", "neuron_weight", "token_weight"))},
+        }, partition_key=str(layer))
     version = short_digest({"code": CONNECTIONS_VERSION, "model_data_version": s.ckpt.data_version, "k": config.k,
                             "device": s.device.split(":")[0], "dtype": nx.dtype}, 16)
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        **nx.catalog.describe(), "model": s.name, "layers": layer_list, "k": config.k,
-        "dagster/row_count": out["neuron_connections"] + out["token_connections"],
-        "neuron_connection_rows": out["neuron_connections"], "token_connection_rows": out["token_connections"],
-        "per_layer": dg.MetadataValue.md(markdown_table(per_layer)), "catalog_snapshot": out["snapshot"],
+        # weights only: no corpus and no GELU variant enter these tables
+        **nx.catalog.describe(), "model": s.name, "k": config.k, "pass_layers": layer_list,
+        "formulas": dg.MetadataValue.text("neuron: W_out[l1][n1,:] · diag(ln_2.g[l2]) · W_in[l2][:,n2]; "
+                                          "token input: wte[t] · diag(ln_2.g[l]) · W_in[l][:,n]; "
+                                          "token output: W_out[l][n,:] · diag(ln_f.g) · wte[t]"),
+        "catalog_snapshot": out["snapshot"],
     })
 
 

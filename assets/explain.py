@@ -16,7 +16,7 @@ import numpy as np
 
 from assets.console import input_errors_fail_fast
 from assets.llm import LLMResource
-from assets.metadata import histogram, markdown_table
+from assets.metadata import histogram, markdown_table, of_layer
 from assets.partitions import layers
 from assets.resources import NxResource
 from nx_dagster.hashing import short_digest
@@ -71,22 +71,27 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_explanations(nx.catalog, s.name, s.corpus.name, variant, layer_list, shard, explainer,
-                                           client)
+                                           client, report=context.log.info)
         t = out["table"]
         failed = t["explanation"].null_count
-        sample = [{k: r[k] for k in ("layer", "neuron", "explanation", "failure_reason")}
-                  for r in t.slice(0, 10).to_pylist()]
+        for layer in layer_list:  # each partition's own figures
+            own = of_layer(t, layer)
+            sample = [{k: r[k] for k in ("neuron", "explanation", "failure_reason")}
+                      for r in own.slice(0, 10).to_pylist()]
+            context.add_asset_metadata({"layer": layer, "dagster/row_count": own.num_rows,
+                                        "failures": own["explanation"].null_count,
+                                        "sample": dg.MetadataValue.md(markdown_table(sample))},
+                                       partition_key=str(layer))
         settings = {"explainer": explainer, "explainer_model": client.settings.explainer_model if client else None}
         return dg.MaterializeResult(
             # the explanation ids hash model, variant, neuron, explainer, its model, prompt version and text
             data_version=dg.DataVersion(short_digest(sorted(t["explanation_id"].to_pylist()), 16)),
-            metadata={**nx.provenance(), "settings": settings,
-                      "explainer": explainer, "layers": layer_list, "dagster/row_count": t.num_rows,
-                      "failures": failed, "seconds": round(out["seconds"], 2),
-                      "sample": dg.MetadataValue.md(markdown_table(sample)), **_llm_metadata(out["llm"])},
+            metadata={**nx.provenance(), "gelu_variant": variant, "settings": settings, "explainer": explainer,
+                      "pass_layers": layer_list, "seconds": round(out["seconds"], 2), **_llm_metadata(out["llm"])},
             check_results=[dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
                                                passed=failed <= 0.2 * max(t.num_rows, 1),
-                                               metadata={"failed": failed, "explanations": t.num_rows})],
+                                               metadata={**nx.provenance(), "layers": layer_list, "failed": failed,
+                                                         "explanations": t.num_rows})],
         )
 
     return _asset
@@ -120,31 +125,38 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
-                                     layer_list, shard, explainer, simulator, client)
+                                     layer_list, shard, explainer, simulator, client, report=context.log.info)
         scores = out["scores"]
-        ev = scores["ev_correlation"].to_numpy(zero_copy_only=False).astype(float)
         corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
                                for c in ("ev_correlation", "ev_correlation_top", "ev_correlation_random")])
         rsq = scores["rsquared"].to_numpy(zero_copy_only=False).astype(float)
         bad = int(np.sum(np.abs(corr[np.isfinite(corr)]) > 1 + 1e-9) + np.sum(rsq[np.isfinite(rsq)] > 1 + 1e-9))
         summary = stage.score_summary(scores)
+        comparison = {} if same else {r["layer"]: r for r in stage.lineage_comparison(
+            nx.catalog, s.name, explanation_variant, scored_variant, layer_list, explainer, simulator)}
+        for layer in layer_list:  # each partition's own figures
+            own = of_layer(scores, layer)
+            own_ev = own["ev_correlation"].to_numpy(zero_copy_only=False).astype(float)
+            context.add_asset_metadata({
+                "layer": layer, "dagster/row_count": own.num_rows, **stage.score_summary(own),
+                "ev_correlation_distribution": dg.MetadataValue.md(histogram(own_ev, label="ev_correlation")),
+                **({} if same else {"pre_vs_post": dg.MetadataValue.md(  # "_no rows_" until both are scored
+                    markdown_table([comparison[layer]] if layer in comparison else []))}),
+            }, partition_key=str(layer))
         meta = {**nx.provenance(), "simulator_model": client.settings.simulator_model if client else None,
                 "explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
-                "scored_on": scored_variant, "layers": layer_list, "dagster/row_count": scores.num_rows,
-                "simulations": out["simulations"], "seconds": round(out["seconds"], 2), **summary,
-                "ev_correlation_distribution": dg.MetadataValue.md(histogram(ev, label="ev_correlation")),
-                **_llm_metadata(out["llm"])}
-        if not same:
-            meta["pre_vs_post"] = dg.MetadataValue.md(markdown_table(stage.lineage_comparison(
-                nx.catalog, s.name, explanation_variant, scored_variant, layer_list, explainer, simulator)))
+                "scored_on": scored_variant, "pass_layers": layer_list, "simulations_in_pass": out["simulations"],
+                "seconds": round(out["seconds"], 2), **_llm_metadata(out["llm"])}
         content = scores.select(["explanation_id", "gelu_variant", "simulator", "simulator_model", "ev_correlation",
                                  "rsquared", "absolute_dev_explained", "failure_reason"]).to_pylist()
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(short_digest(
             sorted(content, key=lambda r: (r["explanation_id"], r["simulator"])), 16)), check_results=[
-            dg.AssetCheckResult(check_name="score_ranges", asset_key=key, passed=bad == 0, metadata={"out_of_range": bad}),
+            dg.AssetCheckResult(check_name="score_ranges", asset_key=key, passed=bad == 0,
+                                metadata={**nx.provenance(), "layers": layer_list, "out_of_range": bad}),
             dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
                                 passed=summary["failures"] <= 0.2 * max(scores.num_rows, 1),
-                                metadata={"failures": summary["failures"], "neurons": scores.num_rows}),
+                                metadata={**nx.provenance(), "layers": layer_list, "failures": summary["failures"],
+                                          "neurons": scores.num_rows}),
         ])
 
     return _asset

@@ -89,13 +89,13 @@ def cmd_run(args) -> int:
         run(["model", "sequences"])
         cfgs = dict(run_config)
         if neurons:
-            cfgs["ops"] = {f"{v}__activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} for v in variants}
-        for rng in contiguous_runs(layer_list):
-            run([f"{v}/activations" for v in variants], run_config=cfgs,
+            cfgs["ops"] = {"activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}}}
+        # one pass over the corpus per layer range: every variant, and the fix impact (all layers) in the first
+        fix = ["gelu_fix_impact"] if set(variants) == {"pre_fix", "post_fix"} else []
+        for i, rng in enumerate(contiguous_runs(layer_list)):
+            run([f"{v}/activations" for v in variants] + (fix if i == 0 else []), run_config=cfgs,
                 tags={"dagster/asset_partition_range_start": str(rng.start),
                       "dagster/asset_partition_range_end": str(rng.stop - 1)})
-        if set(variants) == {"pre_fix", "post_fix"}:
-            run(["gelu_fix_impact"])
     if "activations" not in stages:
         run(["model"])  # registers the layer partitions; cheap
     shard_cfg = {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} if neurons else None

@@ -45,7 +45,7 @@ def test_materialize_all_and_rerun_is_idempotent(setup):
     r = materialize(instance, nx, acts, tags=RANGE)
     checks = r.get_asset_check_evaluations()
     assert len(checks) == 6 and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
-    mats = r.asset_materializations_for_node("pre_fix__activations")
+    mats = r.asset_materializations_for_node("activations")
     assert {m.partition for m in mats} == {"0", "1"}
     assert "strongest_neurons" in mats[0].metadata and mats[0].metadata["dagster/row_count"].value > 0
     cat = Catalog(nx.home)
@@ -65,7 +65,7 @@ def test_materialize_all_and_rerun_is_idempotent(setup):
     assert {t: cat.query(content.format(t=t)).column(0)[0].as_py() for t in tables} == digest
     assert cat.query("SELECT count(*) FROM sequences").column(0)[0].as_py() == cat.query(
         "SELECT count(DISTINCT sequence_id) FROM sequences").column(0)[0].as_py()
-    fi = materialize(instance, nx, ["gelu_fix_impact"]).asset_materializations_for_node("gelu_fix_impact")[0]
+    fi = materialize(instance, nx, ["gelu_fix_impact"]).asset_materializations_for_node("activations")[0]
     assert "fix_impact" in fi.metadata and fi.metadata["overall_median"].value > 0
     rows = cat.query("SELECT layer FROM gelu_fix_impact ORDER BY layer NULLS LAST").column(0).to_pylist()
     assert rows == [0, 1, None]
@@ -98,7 +98,8 @@ def test_cli_run_and_sql(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NX_MODEL", str(ckpt))
     monkeypatch.setenv("NX_CORPUS", str(corpus))
     assert main(["run", "--stages", "activations", "--variants", "pre_fix", "--layers", "1", "--seq-len", "16"]) == 0
-    capsys.readouterr()
+    progress = [ln for ln in capsys.readouterr().err.splitlines() if "activations: pre_fix layers [1]: " in ln]
+    assert progress and "tokens (100%)" in progress[-1] and "tokens/s" in progress[-1]  # the long stage's progress
     assert main(["sql", "--format", "json", "SELECT layer, count(*) AS n FROM neuron_stats GROUP BY layer"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"layer": 1, "n": 128}]
     assert main(["sql", "--format", "csv", "SELECT model, n_layer FROM models"]) == 0

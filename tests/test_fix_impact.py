@@ -11,8 +11,9 @@ def test_fix_impact_matches_exact_quantiles(tmp_path):
     toks = torch.randint(0, 300, (40, 16), generator=torch.Generator().manual_seed(0))
     rows = fix_impact(model, [(None, toks[:25]), (None, toks[25:])]).rows("m", "c").to_pylist()
     pre, post = [], []
-    model(toks, "pre_fix", on_mlp=lambda i, a: pre.append(a.clone()))
-    model(toks, "post_fix", on_mlp=lambda i, a: post.append(a.clone()))
+    # the activations the recorder sees: the neuron-major forward pass
+    model(toks, "pre_fix", on_mlp=lambda i, a: pre.append(a.clone()), neuron_major=True)
+    model(toks, "post_fix", on_mlp=lambda i, a: post.append(a.clone()), neuron_major=True)
     diffs = [(b - a).abs().double().numpy().ravel() for a, b in zip(pre, post)]
     assert [r["layer"] for r in rows] == [0, 1, 2, None]
     for r, d in zip(rows, diffs + [np.concatenate(diffs)]):

@@ -119,7 +119,7 @@ def test_rerun_after_kills_finishes_with_the_same_tables(tmp_path):
 
     kills = [  # (stages of that `nxd run`, when to kill it, label)
         ("activations", step_started(instance, "sequences", holds_slot=False), 0.2, "while sequences run"),
-        ("activations", step_started(instance, "post_fix__activations"), 0.5, "while activations hold the compute slot"),
+        ("activations", step_started(instance, "activations"), 0.5, "while activations hold the compute slot"),
         ("activations", staging(home), 0.0, "while staging/committing a partition"),
         ("activations,connections", step_started(instance, "connections"), 0.2, "while connections hold the compute slot"),
         ("explanations", step_started(instance, "post_fix__explanations"), 0.2, "while explanations hold the llm slot"),

@@ -115,7 +115,7 @@ def test_recorder_settings_change_the_data_version(ckpt, tmp_path):
         dg.materialize(assets, selection=["model", "sequences"], instance=instance, resources=res)
         r = dg.materialize(assets, selection=["pre_fix/activations"], partition_key="0", instance=instance,
                            resources=res)
-        mat = r.asset_materializations_for_node("pre_fix__activations")[0]
+        mat = r.asset_materializations_for_node("activations")[0]
         versions[name] = mat.tags["dagster/data_version"]
         assert mat.metadata["settings"].value["top_k"] == extra["top_k"]
         cat = Catalog(nx.home)

@@ -97,7 +97,7 @@ def test_every_table_uses_the_one_decoder(tmp_path):
     cat = Catalog(tmp_path / "home")
     s = Subject(ckpt, CorpusSpec(str(tmp_path / "c.txt"), 16))
     write_sequences(cat, s)
-    write_activations(cat, s, "post_fix", [0, 1], RecorderSettings(top_k=3, random_k=2, quantile_k=1))
+    write_activations(cat, s, ["post_fix"], [0, 1], RecorderSettings(top_k=3, random_k=2, quantile_k=1))
     write_connections(cat, ckpt, k=40)
     strings = TokenStrings(ckpt.load_tokenizer())
     seq = cat.query("SELECT unnest(token_ids) AS id, unnest(tokens) AS token FROM sequences").to_pylist()

@@ -203,22 +203,36 @@ class Recorder:
         self.recs = {layer: LayerRecorder(layer, idx, seq_len, settings, model.device) for layer in self.layers}
         self.tokens = 0
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._also: Callable[[int, torch.Tensor], None] | None = None
 
     def _on_mlp(self, layer: int, post: torch.Tensor) -> None:
+        seq_ids, token_ids = self._batch
         rec = self.recs.get(layer)
         if rec is not None:
-            seq_ids, token_ids = self._batch
             rec.update(seq_ids, post)
             if self.extra is not None:
                 self.extra(layer, token_ids, post)
+        if self._also is not None:
+            self._also(layer, post)
 
-    def step(self, seq_ids: torch.Tensor, token_ids: torch.Tensor) -> None:
+    def step(self, seq_ids: torch.Tensor, token_ids: torch.Tensor, depth: int | None = None,
+             also: Callable[[int, torch.Tensor], None] | None = None) -> None:
+        """Run the forward pass over one batch: seq_ids [B] int64, token_ids [B, T] int64.
+
+        `depth` runs that many blocks (default: up to the last recorded layer); `also(layer, post)`
+        sees every block's post-GELU activations [B, T, n_inner] after the recorder, as another
+        accumulator sharing the pass (the GELU fix impact)."""
         # checked on the host copy where there is one (on a GPU tensor the check waits for the GPU)
         if int(seq_ids.max()) >= (1 << 31):
             raise ValueError("sequence ids must be below 2**31")
         self._batch = (to_device(seq_ids, self.model.device), to_device(token_ids, self.model.device))
-        self.model(self._batch[1], self.variant, on_mlp=self._on_mlp, layers=self.layers[-1] + 1, logits=False,
-                   neuron_major=True)
+        self._also = also
+        blocks = max(depth or 0, self.layers[-1] + 1)
+        try:
+            self.model(self._batch[1], self.variant, on_mlp=self._on_mlp, layers=blocks, logits=False,
+                       neuron_major=True)
+        finally:
+            self._also = None
         self.tokens += token_ids.numel()
 
     def finish(self) -> dict[int, LayerRecord]:

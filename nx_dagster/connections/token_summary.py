@@ -92,6 +92,7 @@ class TokenSummary:
         self._slot = self._slot.to(device)
         self.sums = torch.zeros((self.n_neurons, n), dtype=self.dtype, device=device)  # neuron-major
         self.counts = torch.zeros(n, dtype=torch.long, device=device)
+        self._one = torch.ones(1, dtype=torch.long, device=device)
 
     def update(self, token_ids: Tensor, post: Tensor) -> None:
         """Add one batch: token ids [B, T] and post-GELU activations [B, T, N] of this layer."""
@@ -103,8 +104,10 @@ class TokenSummary:
         slot = self._slot[token_ids.reshape(-1).to(self._slot.device)]
         # post is usually neuron-major (the recorder's forward pass): [N, B·T] is then a free view
         by_neuron = post.permute(2, 0, 1).reshape(self.n_neurons, -1)
+        # On-device scatter-adds, no host sync (bincount sizes its output from the data: a sync on a GPU).
+        # On the CPU index_add_ adds in token order, so the sums are the same bit for bit on every run.
         self.sums.index_add_(1, slot, by_neuron.to(self.dtype))
-        self.counts.index_add_(0, slot, torch.ones_like(slot))  # (bincount would sync with a GPU)
+        self.counts.index_add_(0, slot, self._one.expand(len(slot)))
 
     def merge(self, other: TokenSummary) -> None:
         """Add another summary of the same layer and eligible tokens (e.g. from another worker)."""

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401
 import torch
 
-from nx_dagster.activations import RecorderSettings, record, record_rows, stats_rows
-from nx_dagster.activations.fix_impact import fix_impact
+from nx_dagster.activations import RecorderSettings, record_rows, stats_rows
+from nx_dagster.activations.passes import record_pass
 from nx_dagster.corpus import CorpusSpec, iter_sequence_batches
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.checkpoint import Checkpoint
@@ -102,16 +102,22 @@ def count_sequences(catalog: Catalog, model: str, corpus: str) -> int:
     return n
 
 
-def _progress(label: str, total: int, report: Progress | None) -> Callable[[int, int], None]:
+def progress(label: str, total: int, report: Progress | None, every_s: float = 5.0,
+             unit: str = "tokens") -> Callable[[int, int], None]:
+    """`on_batch(batches_done, done)` that reports `label: done/total unit (%), rate, time left` at
+    most every `every_s` seconds, and once at the end (with the time taken)."""
     start = time.perf_counter()
-    last = [0.0]
+    last = [-float("inf")]
 
-    def on_batch(done_batches: int, tokens: int) -> None:
+    def on_batch(done_batches: int, done: int) -> None:
         now = time.perf_counter()
-        if report and (now - last[0] > 5 or tokens >= total):
+        if report and (now - last[0] >= every_s or done >= total):
             last[0] = now
-            report(f"{label}: {tokens:,}/{total:,} tokens ({100 * tokens / max(total, 1):.0f}%), "
-                   f"{tokens / max(now - start, 1e-9):,.0f} tokens/s")
+            rate = done / max(now - start, 1e-9)
+            left = (f", {now - start:,.1f} s" if done >= total else
+                    f", {(total - done) / rate:,.0f} s left" if done else "")
+            report(f"{label}: {done:,}/{total:,} {unit} ({100 * done / max(total, 1):.0f}%), "
+                   f"{rate:,.0f} {unit}/s{left}")
     return on_batch
 
 
@@ -125,47 +131,66 @@ def corpus_token_counts(catalog: Catalog, model: str, corpus: str, vocab_size: i
 
 
 def write_activations(
-    catalog: Catalog, s: Subject, variant: str, layers: list[int], settings: RecorderSettings,
-    neurons: range | None = None, report: Progress | None = None, summary_k: int = 20,
+    catalog: Catalog, s: Subject, variants: list[str], layers: list[int], settings: RecorderSettings,
+    neurons: range | None = None, report: Progress | None = None, summary_k: int = 20, fix_impact: bool = False,
 ) -> dict:
-    """Record `layers` for one GELU variant; replace their partitions of activation_records,
-    neuron_stats and token_activation_summary in one commit."""
+    """Record `layers` (and `neurons`, a contiguous range) of each GELU variant in `variants`, and with
+    `fix_impact` compare pre_fix and post_fix on every layer, all in one pass over the corpus
+    (`record_pass`). Then, in one commit, replace these partitions of activation_records, neuron_stats
+    and token_activation_summary, and the model's `gelu_fix_impact` rows.
+
+    Returns {"variants": {variant: {"records", "stats", "summary"}}, "fix_impact": rows or None,
+    "seconds", "tokens" (per variant), "snapshot"}. Bad layers raise NxInputError before any write."""
     from nx_dagster.connections import TokenSummary, eligible_tokens
 
-    get_variant(variant)
+    for v in variants:
+        get_variant(v)
     cfg = s.ckpt.config
     bad = [layer for layer in layers if not 0 <= layer < cfg.n_layer]
     if bad:
         raise NxInputError(f"layers {bad}", f"do not exist in {s.name} (layers 0-{cfg.n_layer - 1})", "pick existing layers")
     n_seq = count_sequences(catalog, s.name, s.corpus.name)
     shard = neurons or range(cfg.n_neurons)
-    eligible = eligible_tokens(corpus_token_counts(catalog, s.name, s.corpus.name, cfg.vocab_size))
-    summaries = {layer: TokenSummary(len(shard), cfg.vocab_size, eligible, device=s.device) for layer in layers}
+    summaries = {}
+    if variants and layers:
+        eligible = eligible_tokens(corpus_token_counts(catalog, s.name, s.corpus.name, cfg.vocab_size))
+        summaries = {(v, layer): TokenSummary(len(shard), cfg.vocab_size, eligible, device=s.device)
+                     for v in variants for layer in layers}
 
-    def gather_summary(layer: int, token_ids: torch.Tensor, post: torch.Tensor) -> None:
-        summaries[layer].update(token_ids, post[:, :, shard.start:shard.stop])
+    def gather_summary(variant: str, layer: int, token_ids: torch.Tensor, post: torch.Tensor) -> None:
+        summaries[variant, layer].update(token_ids, post[:, :, shard.start:shard.stop])
 
+    label = " + ".join([*(f"{v} layers {layers}" for v in variants), *(["gelu_fix_impact"] if fix_impact else [])])
     t0 = time.perf_counter()
-    recs = record(
-        s.model, sequence_batches(catalog, s.name, s.corpus.name, settings.batch_size), variant, layers,
-        s.corpus.seq_len, settings, neurons,
-        on_batch=_progress(f"{variant} layers {layers}", n_seq * s.corpus.seq_len, report), extra=gather_summary,
+    result = record_pass(
+        s.model, sequence_batches(catalog, s.name, s.corpus.name, settings.batch_size),
+        {v: layers for v in variants}, s.corpus.seq_len, settings, neurons, fix_impact,
+        on_batch=progress(label, n_seq * s.corpus.seq_len, report), extra=gather_summary,
     )
     seconds = time.perf_counter() - t0
-    keys = {"model": s.name, "corpus": s.corpus.name, "gelu_variant": variant, "layer": layers}
-    if neurons is not None:
-        keys["neuron"] = list(neurons)
-    records = pa.concat_tables([record_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
-    stats = pa.concat_tables([stats_rows(r, s.name, s.corpus.name, variant) for r in recs.values()])
-    strings = s.ckpt.token_strings()
-    summary = pa.concat_tables([
-        _offset_neurons(summaries[layer].rows(s.name, s.corpus.name, variant, layer, None, summary_k, strings), shard.start)
-        for layer in layers])
-    snap = catalog.replace_many(
-        [("activation_records", records, keys), ("neuron_stats", stats, keys), ("token_activation_summary", summary, keys)],
-        f"activations {s.name} {variant} layers {layers}")
-    return {"records": records, "stats": stats, "summary": summary, "seconds": seconds,
-            "tokens": n_seq * s.corpus.seq_len, "snapshot": snap}
+    strings = s.ckpt.token_strings() if variants else None
+    out, writes = {}, []
+    for v in variants:
+        recs = result.records[v].values()
+        out[v] = {
+            "records": pa.concat_tables([record_rows(r, s.name, s.corpus.name, v) for r in recs]),
+            "stats": pa.concat_tables([stats_rows(r, s.name, s.corpus.name, v) for r in recs]),
+            "summary": pa.concat_tables([_offset_neurons(summaries[v, layer].rows(
+                s.name, s.corpus.name, v, layer, None, summary_k, strings), shard.start) for layer in layers]),
+        }
+    if variants:
+        keys = {"model": s.name, "corpus": s.corpus.name, "gelu_variant": list(variants), "layer": layers}
+        if neurons is not None:
+            keys["neuron"] = list(neurons)
+        for table, part in (("activation_records", "records"), ("neuron_stats", "stats"),
+                            ("token_activation_summary", "summary")):
+            writes.append((table, pa.concat_tables([out[v][part] for v in variants]), keys))
+    fix_rows = result.fix_impact.rows(s.name, s.corpus.name) if fix_impact else None
+    if fix_rows is not None:
+        writes.append(("gelu_fix_impact", fix_rows, {"model": s.name, "corpus": s.corpus.name}))
+    snap = catalog.replace_many(writes, f"activations {s.name} {label}")
+    return {"variants": out, "fix_impact": fix_rows, "seconds": seconds, "tokens": n_seq * s.corpus.seq_len,
+            "snapshot": snap}
 
 
 def _offset_neurons(table: pa.Table, offset: int) -> pa.Table:
@@ -173,20 +198,3 @@ def _offset_neurons(table: pa.Table, offset: int) -> pa.Table:
         return table
     i = table.schema.get_field_index("neuron")
     return table.set_column(i, "neuron", pa.compute.add(table["neuron"], pa.scalar(offset, pa.int32())))
-
-
-def write_fix_impact(catalog: Catalog, s: Subject, batch_size: int = 16, report: Progress | None = None) -> dict:
-    n_seq = count_sequences(catalog, s.name, s.corpus.name)
-    on_batch = _progress("gelu_fix_impact", n_seq * s.corpus.seq_len, report)
-    done = [0, 0]
-
-    def batches():
-        for seq, toks in sequence_batches(catalog, s.name, s.corpus.name, batch_size):
-            yield seq, toks
-            done[0] += 1
-            done[1] += toks.numel()
-            on_batch(*done)
-
-    rows = fix_impact(s.model, batches()).rows(s.name, s.corpus.name)
-    snap = catalog.replace("gelu_fix_impact", rows, {"model": s.name, "corpus": s.corpus.name}, "gelu_fix_impact")
-    return {"rows": rows, "snapshot": snap}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +20,7 @@ from nx_dagster.explain import (
     neuron_records_from_arrow, pair_by_neuron, score_simulations, simulate, simulations_table, sync_ledger,
 )
 from nx_dagster.explain.batch_scoring import unscored_rows
+from nx_dagster.stages.activations import Progress, progress
 from nx_dagster.storage import Catalog
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,31 @@ def _with(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(table.schema.get_field_index(name), name, values)
 
 
+def _in_chunks(items: list, work: Callable[[list], list], label: str, report: Progress | None,
+               llm: bool) -> list:
+    """work(items) in ~10 chunks, reporting neurons done, rate and time left after each. An LLM
+    method gets them in one call: its client reports progress and keeps its concurrency."""
+    size = len(items) if llm or not items else max(1, -(-len(items) // 10))
+    on_chunk = progress(label, len(items), None if llm else report, every_s=0.0, unit="neurons")
+    out: list = []
+    for i in range(0, len(items), size):
+        out += work(items[i:i + size])
+        on_chunk(0, min(i + size, len(items)))
+    return out
+
+
 def write_explanations(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
-                       neurons: range | None, explainer: str, client: LLMClient | None, n_candidates: int = 1) -> dict:
+                       neurons: range | None, explainer: str, client: LLMClient | None, n_candidates: int = 1,
+                       report: Progress | None = None) -> dict:
+    """Explain `layers` (and `neurons`) from `variant`'s train records; replace those partitions of
+    `explanations` in one commit. `report` gets progress lines (offline explainer; an LLM client
+    reports its own)."""
     t0 = time.perf_counter()
     records = load_records(catalog, model, corpus, variant, layers, neurons)
-    expl = explain_neurons(records, explainer, client, n_candidates)
+    if report:
+        report(f"{variant} explanations: {len(records):,} neurons' records loaded in {time.perf_counter() - t0:.1f} s")
+    expl = _in_chunks(records, lambda chunk: explain_neurons(chunk, explainer, client, n_candidates),
+                      f"{variant} explanations ({explainer})", report, client is not None)
     table = explanations_table(expl)
     keys = {"model": model, "gelu_variant": variant, "layer": layers, "explainer": explainer}
     if neurons is not None:
@@ -80,9 +102,10 @@ def _sync(catalog: Catalog, client: LLMClient | None) -> dict:
 
 def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant: str, scored_variant: str,
                  layers: list[int], neurons: range | None, explainer: str, simulator: str,
-                 client: LLMClient | None) -> dict:
+                 client: LLMClient | None, report: Progress | None = None) -> dict:
     """Simulate and score `explainer`'s explanations written from `explanation_variant` activations on
-    the `scored_variant` records; replaces those partitions of simulations and scores in one commit."""
+    the `scored_variant` records; replaces those partitions of simulations and scores in one commit.
+    `report` gets progress lines (offline simulator; an LLM client reports its own)."""
     t0 = time.perf_counter()
     expl_table = catalog.query(
         f"SELECT * FROM explanations WHERE model = ? AND gelu_variant = ? AND explainer = ? AND {_in('layer', layers)}"
@@ -92,7 +115,13 @@ def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant:
                            "do not exist yet", "materialize the explanations stage for these layers first")
     expls = explanations_from_table(expl_table)
     records = load_records(catalog, model, corpus, scored_variant, layers, neurons)
-    sims = simulations_table(simulate(pair_by_neuron(expls, records), simulator, client))
+    label = f"{explanation_variant} explanations on {scored_variant} ({simulator})"
+    if report:
+        report(f"{label}: {len(expls):,} explanations and {len(records):,} neurons' records loaded in "
+               f"{time.perf_counter() - t0:.1f} s")
+    sims = simulations_table(_in_chunks(pair_by_neuron(expls, records),
+                                        lambda chunk: simulate(chunk, simulator, client), label, report,
+                                        client is not None))
     sims = _with(sims, "explainer", pa.array([explainer] * sims.num_rows, pa.string()))
     scores = score_simulations(sims, explanation_variants(expls))
     model_used = sims.column("simulator_model")[0].as_py() if sims.num_rows else None
