@@ -94,6 +94,11 @@ def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, sna
     try:
         con.execute(sql)
     except duckdb.InvalidInputException as e:
+        if "version" in str(e).lower() and ("mismatch" in str(e).lower() or "migrat" in str(e).lower()):
+            raise NxInputError(f"NX_CATALOG {where.catalog.display()!r}", "holds a DuckLake catalog of another "
+                               f"version ({redact(str(e).splitlines()[0][:200])})",
+                               "use the nx_dagster version that created it, or point NX_CATALOG (NX_HOME) at a "
+                               "new catalog and re-run") from None
         if snapshot is not None and "no snapshot found" in str(e).lower():
             raise NxInputError(f"snapshot {snapshot}", "does not exist in this catalog",
                                "pick a snapshot_id from `nxd sql \"SELECT * FROM nx.snapshots()\"`, or leave "
@@ -103,11 +108,6 @@ def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, sna
         if retryable(e):
             raise
         if where.catalog.kind == "postgres":
-            if "version" in str(e).lower() and "ducklake" in str(e).lower():
-                raise NxInputError(f"NX_CATALOG {where.catalog.display()!r}", "holds a DuckLake catalog of a version "
-                                   f"this one cannot use ({redact(str(e).splitlines()[0][:200])})",
-                                   "point NX_CATALOG at a new database, or use the nx_dagster version that "
-                                   "created it") from None
             raise _pg_error(where, e) from None
         if where.remote and ("http" in str(e).lower() or "s3" in str(e).lower()):
             raise NxInputError(f"NX_HOME {where.home!r}", f"could not be read ({str(e).splitlines()[0][:200]})",
