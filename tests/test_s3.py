@@ -179,6 +179,26 @@ def test_killed_export_and_killed_run_leave_the_previous_state(s3run, monkeypatc
                               "FROM activation_records").column(0)[0].as_py()
     assert dup == 0
 
+    # release r2 after that change: its changelog and new files name only the activations stage's tables;
+    # r1 and r2 each answer with their own data; r1 cannot be released again
+    r2 = nxd("release", "r2", env=env)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    man = json.loads(nxd("sql", "--format", "json", "SELECT release, manifest FROM releases ORDER BY snapshot",
+                         env=env).stdout)
+    (m1, m2) = [json.loads(r["manifest"])["tables"] for r in man]
+    old = {f["path"] for t in m1.values() for f in t["files"]}
+    new_in = {t for t, e in m2.items() for f in e["files"] if f["path"] not in old}
+    stage = {"activation_records", "neuron_stats", "token_activation_summary", "gelu_fix_impact"}
+    assert "activation_records" in new_in and new_in <= stage, new_in
+    changed = {t for t, e in m2.items() if any(e["changes"].values())}
+    assert "activation_records" in changed and changed <= stage, changed
+    ranks = [json.loads(nxd("sql", "--release", r, "--format", "json", "SELECT max(rank) AS k FROM activation_records "
+                            "WHERE kind = 'top'", env=env).stdout)[0]["k"] for r in ("r1", "r2")]
+    assert ranks == [7, 6]
+    again = nxd("release", "r1", env=env)
+    assert again.returncode == 2 and "r1" in again.stderr
+    assert len(json.loads(nxd("sql", "--format", "json", "SELECT release FROM releases", env=env).stdout)) == 2
+
 
 def test_bad_aws_settings_are_refused_before_any_work(s3_home, s3_server, tmp_path, monkeypatch, capsys):
     state = tmp_path / "state"
