@@ -40,7 +40,7 @@ def machine_kind(asset: dg.AssetsDefinition) -> str:
 
 
 def step_kinds(defs: dg.Definitions | None = None) -> dict[str, str]:
-    """{step (op) name: machine kind} for every asset of the project, e.g. `post_fix__activations: gpu`."""
+    """{step (op) name: machine kind} for every asset of the project, e.g. `activations: gpu`."""
     return {asset.node_def.name: machine_kind(asset) for asset in (defs or project_defs()).assets}
 
 

@@ -44,8 +44,8 @@ def test_steps_go_to_the_pool_of_their_kind():
     from assets.deployment import step_kinds
 
     kinds = step_kinds()
-    assert {s for s, k in kinds.items() if k == "gpu"} == {
-        "pre_fix__activations", "post_fix__activations", "gelu_fix_impact", "connections"}
+    # `activations` is one step for both lineages' records and gelu_fix_impact (one pass over the corpus)
+    assert {s for s, k in kinds.items() if k == "gpu"} == {"activations", "connections"}
     assert {s for s, k in kinds.items() if k == "llm"} == {
         "pre_fix__explanations", "post_fix__explanations", "pre_fix__scores", "post_fix__scores",
         "post_fix__scores_of_pre_fix_explanations"}
@@ -92,7 +92,7 @@ def test_k8s_step_pods_are_valid_kubernetes_jobs():
                                         user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(user))
         return job.spec.template.spec
 
-    gpu, llm, cpu = pod("post_fix__activations"), pod("pre_fix__scores"), pod("sequences")
+    gpu, llm, cpu = pod("activations"), pod("pre_fix__scores"), pod("sequences")
     assert gpu.node_selector == {"nx-dagster/pool": "gpu"} and gpu.tolerations[0].key == "nvidia.com/gpu"
     assert gpu.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
     assert llm.node_selector == {"nx-dagster/pool": "llm"} and not llm.containers[0].resources.limits

@@ -86,3 +86,29 @@ def test_a_run_and_a_release_on_postgres_read_back_from_another_process(pg_url, 
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)[0]
     assert row["stats"] == 2 * 2 * 128 and row["conn"] > 0
+
+
+def _same_partition(home: str, state: str, barrier) -> None:
+    os.environ["NX_STATE"] = state  # each process its own local state: machines that share no lock file
+    barrier.wait()
+    Catalog(home).replace("neuron_stats", stats_rows(0, 50, 1.0), {"model": "m", "gelu_variant": "post_fix", "layer": 0})
+
+
+def test_writers_on_several_machines_of_one_new_partition_store_it_once(pg_url, s3_home, tmp_path, monkeypatch):
+    """Writers that share only PostgreSQL and the bucket all replace the same partition of an empty table at
+    once: DuckLake alone would let each plain INSERT commit (the partition held nothing to delete); the
+    PostgreSQL writer lock makes them take turns, so the partition is stored exactly once."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("NX_CATALOG", pg_url)
+    Catalog(s3_home).connect().close()  # the catalog and its (empty) tables
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_same_partition, args=(s3_home, str(tmp_path / f"machine{i}"), barrier))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0
+    assert Catalog(s3_home).query("SELECT count(*) FROM neuron_stats").column(0)[0].as_py() == 50

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 
 import duckdb
@@ -76,6 +77,40 @@ def retryable(e: BaseException) -> bool:
     text = str(e).lower()
     return ("database is locked" in text or "database is busy" in text or "conflict" in text
             or ("failed to initialize ducklake" in text and "duplicate key" in text))
+
+
+# pg_advisory_lock key of the writers of one catalog database (an arbitrary 63-bit constant: "nxdagstr")
+WRITER_LOCK_KEY = 0x6E78646167737472
+
+
+@contextlib.contextmanager
+def advisory_lock(where: Location, wait: float):
+    """Hold PostgreSQL's session advisory lock WRITER_LOCK_KEY in the catalog's database; yields True once
+    held, False if `wait` seconds passed first. Needs psycopg2 (`pip install "nx_dagster[postgres]"`)."""
+    try:
+        import psycopg2
+    except ImportError:
+        raise NxInputError(f"NX_CATALOG {where.catalog.display()!r}", "needs psycopg2 for its writer lock",
+                           'pip install "nx_dagster[postgres]" (or psycopg2-binary)') from None
+    try:
+        con = psycopg2.connect(where.catalog.target, connect_timeout=10)
+    except psycopg2.Error as e:
+        raise _pg_error(where, e) from None
+    try:
+        con.autocommit = True
+        deadline = time.monotonic() + wait
+        with con.cursor() as cur:
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,))
+                if cur.fetchone()[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        yield True
+    finally:
+        con.close()  # ends the session: the lock goes with it, also when the process dies
 
 
 def _q(text: str) -> str:

@@ -230,17 +230,27 @@ class Catalog:
 
     @contextlib.contextmanager
     def _writer_lock(self):
-        """The exclusive writer lock (an OS file lock: it dies with its process), waited for at most
+        """The exclusive writer lock (an OS file lock: it dies with its process), and for a catalog in
+        PostgreSQL also a session advisory lock there (it dies with its connection), so that writers on
+        all machines commit one at a time: DuckLake lets two transactions that both insert a partition
+        that was empty commit side by side, which would store it twice. Waited for at most
         NX_CATALOG_WAIT_S; past that, CatalogBusy."""
         self.local.mkdir(parents=True, exist_ok=True)
         wait = wait_seconds()
         lock = filelock.FileLock(self.lock_path, timeout=wait)
+        start = time.monotonic()
         try:
             lock.acquire(poll_interval=0.05)
         except filelock.Timeout:
             raise self._busy(wait, "its writer lock") from None
         try:
-            yield
+            if self.where.catalog.shared:
+                with attach.advisory_lock(self.where, max(0.0, wait - (time.monotonic() - start))) as held:
+                    if not held:
+                        raise self._busy(wait, "the PostgreSQL writer lock")
+                    yield
+            else:
+                yield
         finally:
             lock.release()
 
