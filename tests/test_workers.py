@@ -5,7 +5,7 @@ is the reference. Then worker processes, each in its own empty working directory
 NX_STATE, share only a real PostgreSQL server (the DuckLake catalog in one database, Dagster's instance,
 deploy/dagster.yaml, in another) and the local S3 server (the Parquet data): they split the layers, each
 running `nxd run --layers <its share>` over all stages, and the final tables equal the reference. One
-worker is SIGKILLed (its process group) while its explanations run is in progress: the other finishes,
+worker is SIGKILLed (its process group) while its connections step runs: the other finishes,
 a fresh worker re-executes the killed run from failure through Dagster (tests/reexecute_worker.py), then
 runs what the killed worker had left, and the tables still equal the reference.
 """
@@ -101,12 +101,14 @@ def start_workers(shared: dict, prefix: Path) -> list[Worker]:
     return [first] + [nxd(worker_env(shared, c), c, "--layers", share) for c, share in zip(cwd[1:], SHARES[1:])]
 
 
-def run_started(instance: dg.DagsterInstance, worker: Worker, asset: str):
-    """Ready once `worker`'s process has a started run that materializes `asset`."""
+def step_started(instance: dg.DagsterInstance, worker: Worker, step: str):
+    """Ready once a run of `worker`'s process has started `step`."""
+    from dagster._core.events import DagsterEventType
+
     def ready() -> bool:
         for r in instance.get_run_records(dg.RunsFilter(tags={"nx/worker_pid": str(worker.proc.pid)})):
-            keys = r.dagster_run.asset_selection or set()
-            if dg.AssetKey.from_user_string(asset) in keys:
+            if any(e.dagster_event.step_key == step
+                   for e in instance.all_logs(r.dagster_run.run_id, of_type=DagsterEventType.STEP_START)):
                 return True
         return False
     return ready
@@ -172,13 +174,13 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
     monkeypatch.setenv("NX_DAGSTER_PG_URL", shared["NX_DAGSTER_PG_URL"])
     instance = open_instance(shared["DAGSTER_HOME"])
     survivor, victim = start_workers(shared, tmp_path / "k")
-    ready = run_started(instance, victim, "post_fix/explanations")
+    ready = step_started(instance, victim, "connections")
     deadline = time.monotonic() + BOUND_S
     while not ready():
-        assert victim.proc.poll() is None, f"the worker ended before its explanations run:\n{victim.tail()}"
-        assert time.monotonic() < deadline, f"no explanations run within {BOUND_S} s:\n{victim.tail()}"
+        assert victim.proc.poll() is None, f"the worker ended before its connections step:\n{victim.tail()}"
+        assert time.monotonic() < deadline, f"no connections step within {BOUND_S} s:\n{victim.tail()}"
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(1.0)
     assert victim.proc.poll() is None, "the worker ended before the kill"
     os.killpg(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait()
@@ -194,8 +196,8 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
     child = instance.get_run_records(dg.RunsFilter(tags={"dagster/parent_run_id": killed_id}))
     assert len(child) == 1 and child[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
     assert instance.get_run_by_id(killed_id).status == dg.DagsterRunStatus.FAILURE
-    # what the killed worker never started: its scores
-    nxd(worker_env(shared, fresh_cwd), fresh_cwd, "--layers", SHARES[1], "--stages", "scores").finish()
+    # what the killed worker never started: its explanations and scores
+    nxd(worker_env(shared, fresh_cwd), fresh_cwd, "--layers", SHARES[1], "--stages", "explanations,scores").finish()
     kill_s = time.monotonic() - t2
     assert tables(shared, home, catalog) == expected
     instance.dispose()
