@@ -1,4 +1,4 @@
-"""A fresh worker that re-executes a killed `nxd run` through Dagster: `python -m tests.reexecute_worker RUN_ID`.
+"""A fresh worker that re-executes a killed `nxd run` through Dagster: `python -m tests.reexecute_worker RUN_ID ASSET...`.
 
 Dagster's re-execution from failure (`ReexecutionOptions.from_failure`) needs a reconstructable job, which
 `nxd run`'s in-process jobs are not, so this builds the same job (`nxd_run`: every asset, the same resources
@@ -11,6 +11,7 @@ success, 1 when the re-executed run failed.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import dagster as dg
@@ -28,18 +29,21 @@ def nxd_run_job() -> dg.JobDefinition:
     llm = LLMResource(**{**{k: getattr(definitions.resources["llm"], k) for k in LLMResource.model_fields},
                          "explainer": "token_lookup", "simulator": "token_lookup"})
     return dg.Definitions(
-        jobs=[dg.define_asset_job("nxd_run", selection=dg.AssetSelection.all(), executor_def=dg.in_process_executor)],
+        jobs=[dg.define_asset_job("nxd_run", selection=os.environ["NX_REEXECUTE_SELECTION"].split(","),
+                                  executor_def=dg.in_process_executor)],
         assets=list(definitions.assets), resources={"nx": NxResource(seq_len=SEQ_LEN), "llm": llm},
         loggers={"console": console_logger}).resolve_job_def("nxd_run")
 
 
-def main(run_id: str) -> int:
+def main(run_id: str, selection: list[str]) -> int:
+    """Re-execute run `run_id`, a run of `nxd run` that materialized the assets `selection`."""
     from dagster._core.execution.api import ReexecutionOptions
 
     from assets.instance import open_instance
     from assets.resources import NxResource
     from nx_dagster import runs
 
+    os.environ["NX_REEXECUTE_SELECTION"] = ",".join(selection)  # read by nxd_run_job (same process)
     instance = open_instance(NxResource(seq_len=SEQ_LEN).catalog)
     swept = runs.sweep(instance)
     print(f"reexecute: swept {swept}", file=sys.stderr, flush=True)
@@ -52,4 +56,4 @@ def main(run_id: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2:]))
