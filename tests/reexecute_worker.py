@@ -49,7 +49,7 @@ def main(run_id: str, selection: list[str]) -> int:
     print(f"reexecute: swept {swept}", file=sys.stderr, flush=True)
     parent = instance.get_run_by_id(run_id)
     result = dg.execute_job(dg.reconstructable(nxd_run_job), instance, run_config=parent.run_config,
-                            tags=runs.worker_tags(),
+                            tags={**parent.tags, **runs.worker_tags()},  # the partition range, this process
                             reexecution_options=ReexecutionOptions.from_failure(run_id, instance))
     print(f"reexecute: run {result.run_id} (parent {run_id}) success={result.success}", file=sys.stderr, flush=True)
     return 0 if result.success else 1

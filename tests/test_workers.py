@@ -13,6 +13,7 @@ runs what the killed worker had left, and the tables still equal the reference.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,8 +121,8 @@ def open_instance(dagster_home: str) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_ref(InstanceRef.from_dir(dagster_home))
 
 
-@pytest.mark.skip(reason="not yet seen passing within the deadline: the kill + re-execution part (point 3) "
-                         "was being finished; points 1-2 passed (issue 12 point 3)")
+@pytest.mark.skip(reason="passed once (381 s on 2 busy cores, over the ~3 min budget); not yet run twice in a row, "
+                         "so kept out of CI until seen reliable (issue 12 point 3)")
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg_server, s3_server, tmp_path,
@@ -194,9 +195,9 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
     killed_id = killed[0].dagster_run.run_id
     fresh_cwd = tmp_path / "k2"
     out = Worker(worker_env(shared, fresh_cwd), fresh_cwd, ["-m", "tests.reexecute_worker", killed_id, "connections"]).finish()
-    assert killed_id in out
-    child = instance.get_run_records(dg.RunsFilter(tags={"dagster/parent_run_id": killed_id}))
-    assert len(child) == 1 and child[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    child_id = re.search(rf"reexecute: run (\S+) \(parent {killed_id}\) success=True", out).group(1)
+    child = instance.get_run_by_id(child_id)
+    assert child.parent_run_id == killed_id and child.status == dg.DagsterRunStatus.SUCCESS
     assert instance.get_run_by_id(killed_id).status == dg.DagsterRunStatus.FAILURE
     # what the killed worker never started: its explanations and scores
     nxd(worker_env(shared, fresh_cwd), fresh_cwd, "--layers", SHARES[1], "--stages", "explanations,scores").finish()
