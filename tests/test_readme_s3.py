@@ -33,6 +33,6 @@ def test_object_storage_commands_work_as_written(tmp_path):
     finally:
         subprocess.run(["pkill", "-f", f"moto_server -p {port}"], check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "release r1: snapshot" in r.stdout and "post_fix" in r.stdout and "as Parquet" in r.stdout
+    assert "release r1: snapshot" in r.stdout and "post_fix" in r.stdout and "as Parquet" in r.stderr, r.stderr[-2000:]
     state = tmp_path / ".nx_dagster" / "s3" / "my-bucket" / "nx"
     assert (state / "catalog.sqlite").is_file() and not (state / "data").exists()
