@@ -13,7 +13,8 @@ What DuckLake 1.5.5 does with concurrent writers on PostgreSQL (measured here, a
   has been created by another transaction already"; retried, it is a no-op;
 - the very first ATTACH of an empty database racing another: "Failed to initialize DuckLake: ...
   duplicate key value violates unique constraint" (PostgreSQL creating the same metadata table twice);
-  retried, it attaches to the catalog the other created.
+  retried, it attaches to the catalog the other created (under load also: `relation "ducklake_metadata"
+  already exists`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _attach(url: str, data_path: str) -> duckdb.DuckDBPyConnection:
 
 def _is_conflict(e: duckdb.Error) -> bool:
     text = str(e)
-    return "Transaction conflict" in text or ("Failed to initialize DuckLake" in text and "duplicate key" in text)
+    return "Transaction conflict" in text or ("Failed to initialize DuckLake" in text
+                                             and ("duplicate key" in text or "already exists" in text))
 
 
 def _retry(fn, conflicts: list[str]):

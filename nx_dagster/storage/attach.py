@@ -76,7 +76,7 @@ def retryable(e: BaseException) -> bool:
     PostgreSQL catalogs), or two processes creating a fresh PostgreSQL catalog at once: worth a retry."""
     text = str(e).lower()
     return ("database is locked" in text or "database is busy" in text or "conflict" in text
-            or ("failed to initialize ducklake" in text and "duplicate key" in text))
+            or ("failed to initialize ducklake" in text and ("duplicate key" in text or "already exists" in text)))
 
 
 # pg_advisory_lock key of the writers of one catalog database (an arbitrary 63-bit constant: "nxdagstr")
