@@ -209,6 +209,7 @@ def test_bad_aws_settings_are_refused_before_any_work(s3_home, s3_server, tmp_pa
         ({"NX_HOME": "s3://nx-no-such-bucket/root"}, ["nx-no-such-bucket", "does not exist", "NX_HOME"]),
         ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, ["AWS_ENDPOINT_URL", "cannot be reached"]),
         ({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, [bucket, "no AWS credentials", "AWS_ACCESS_KEY_ID"]),
+        ({"AWS_PROFILE": "nx-no-such-profile"}, ["AWS_PROFILE", "nx-no-such-profile", "unset AWS_PROFILE"]),
         ({"NX_HOME": "gs://bucket/root"}, ["gs://", "s3://bucket/prefix"]),
         ({"NX_CATALOG": "mysql://x/y"}, ["NX_CATALOG", "postgresql://"]),
     ]

@@ -72,9 +72,6 @@ def _is_disk_full(e: BaseException) -> bool:
     return getattr(e, "errno", None) == errno.ENOSPC or "no space left on device" in text or "disk is full" in text
 
 
-_is_locked_error = attach.retryable
-
-
 class Catalog:
     """A data root's catalog. `home`: NX_HOME (default ./nx_data); `catalog`: NX_CATALOG (default: the
     embedded SQLite file). Nothing is created until the first write."""
@@ -267,7 +264,7 @@ class Catalog:
             try:
                 return fn()
             except duckdb.Error as e:
-                if not _is_locked_error(e):
+                if not attach.retryable(e):
                     raise
                 pause = min(2.0, 0.05 * 2 ** min(i, 6)) * (0.5 + random.random())
                 if time.monotonic() + pause > deadline:

@@ -38,9 +38,9 @@ def settings() -> S3Settings:
     import botocore.session
 
     session = botocore.session.Session()
+    scoped = _scoped_config(session)  # first: every later lookup fails on an unknown AWS_PROFILE
     creds = session.get_credentials()
     frozen = creds.get_frozen_credentials() if creds is not None else None
-    scoped = session.get_scoped_config() if _profile_exists(session) else {}
     region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
               or scoped.get("region") or "us-east-1")
     endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -52,11 +52,13 @@ def settings() -> S3Settings:
                       frozen.token if frozen else None, region, endpoint, style)
 
 
-def _profile_exists(session) -> bool:
+def _scoped_config(session) -> dict:
+    """The settings of the profile in effect (AWS_PROFILE, else default); NxInputError for an unknown one."""
+    import botocore.exceptions
+
     try:
-        session.get_scoped_config()
-        return True
-    except Exception:  # noqa: BLE001 - botocore raises ProfileNotFound for a profile not in ~/.aws/config
+        return session.get_scoped_config()
+    except botocore.exceptions.ProfileNotFound:
         profile = os.environ.get("AWS_PROFILE")
         raise NxInputError(f"AWS_PROFILE {profile!r}", "is not a profile in ~/.aws/config or ~/.aws/credentials",
                            "name an existing profile, or unset AWS_PROFILE") from None
