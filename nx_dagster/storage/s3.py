@@ -33,8 +33,19 @@ class S3Settings:
     url_style: str  # "path" or "vhost"
 
 
+_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
+        "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "NX_S3_URL_STYLE", "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE")
+
+
 def settings() -> S3Settings:
-    """The AWS settings in effect now (environment first, then the profile), resolved by botocore."""
+    """The AWS settings in effect now (environment first, then the profile), resolved by botocore once
+    per combination of the AWS_* variables (every catalog connection asks for them)."""
+    return _settings(tuple(os.environ.get(k) for k in _ENV))
+
+
+@lru_cache(maxsize=16)
+def _settings(_env: tuple) -> S3Settings:
     import botocore.session
 
     session = botocore.session.Session()
