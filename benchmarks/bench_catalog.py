@@ -3,7 +3,9 @@ weights) into one catalog, and each commit is timed against the compute of its p
 
 One partition = one layer of one GELU variant: its activation_records, neuron_stats and
 token_activation_summary rows, committed in one transaction (`write_activations`). Prints per N: the
-median compute and commit seconds of a partition, commit / compute (the issue's bound: <= 5 % at N = 4),
+median seconds of a partition's compute, of writing its Parquet files (before the commit, no lock held)
+and of its commit (waiting for the writer lock, then the metadata transaction), commit / compute (the
+issue's bound: <= 5 % at N = 4),
 commits/s over the parallel phase, and the end-to-end seconds of that phase (setup — model and
 sequences rows, written once by one process — is reported apart). The catalog and data root come from
 the environment as for `nxd`: NX_CATALOG (a SQLite file, the default, or postgresql://...) and NX_HOME
@@ -56,11 +58,14 @@ def _subject(env: dict, seq_len: int, max_sequences: int):
 
 
 def _timed_catalog():
-    """The project's Catalog, with every commit (replace_many) timed."""
+    """The project's Catalog, with every write (replace_many) timed, and within it the Parquet files
+    written before the commit (`_prewrite`, no lock held): commit = write - Parquet = the wait for the
+    writer lock plus the transaction (delete, register the files, commit the metadata)."""
     from nx_dagster.storage import Catalog
 
     class TimedCatalog(Catalog):
         commits: list[float] = []
+        parquet: list[float] = []
 
         def replace_many(self, *args, **kwargs):
             t = time.perf_counter()
@@ -68,6 +73,13 @@ def _timed_catalog():
                 return super().replace_many(*args, **kwargs)
             finally:
                 self.commits.append(time.perf_counter() - t)
+
+        def _prewrite(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return super()._prewrite(*args, **kwargs)
+            finally:
+                self.parquet.append(time.perf_counter() - t)
 
     return TimedCatalog
 
@@ -84,7 +96,7 @@ def setup(env: dict, seq_len: int, max_sequences: int) -> float:
 
 
 def writer(env: dict, layers: list[int], variant: str, seq_len: int, max_sequences: int, out) -> None:
-    """Record each of `layers` as its own partition; send [(layer, compute_s, commit_s)]."""
+    """Record each of `layers` as its own partition; send [(layer, compute_s, commit_s, parquet_s)]."""
     import torch
 
     from nx_dagster.activations import RecorderSettings
@@ -95,9 +107,10 @@ def writer(env: dict, layers: list[int], variant: str, seq_len: int, max_sequenc
     catalog, s = _timed_catalog()(), _subject(env, seq_len, max_sequences)
     rows = []
     for layer in layers:
-        before = len(catalog.commits)
-        meta = write_activations(catalog, s, variant, [layer], RecorderSettings(batch_size=32))
-        rows.append((layer, meta["seconds"], sum(catalog.commits[before:])))
+        before, files = len(catalog.commits), len(catalog.parquet)
+        meta = write_activations(catalog, s, [variant], [layer], RecorderSettings(batch_size=32))
+        parquet = sum(catalog.parquet[files:])
+        rows.append((layer, meta["seconds"], sum(catalog.commits[before:]) - parquet, parquet))
     out.put(rows)
 
 
@@ -120,6 +133,7 @@ def run(n: int, env: dict, n_layer: int, variant: str, seq_len: int, max_sequenc
     compute = statistics.median(r[1] for r in rows)
     commit = statistics.median(r[2] for r in rows)
     return {"writers": n, "partitions": len(rows), "setup_s": round(setup_s, 2), "compute_s": round(compute, 3),
+            "parquet_s": round(statistics.median(r[3] for r in rows), 3),
             "commit_s": round(commit, 3), "commit_share": round(commit / compute, 4),
             "commit_max_s": round(max(r[2] for r in rows), 3), "commits_per_s": round(len(rows) / wall, 3),
             "end_to_end_s": round(wall, 2)}

@@ -1,4 +1,4 @@
-"""`nxd`: run the pipeline through the Dagster instance, query the catalog in SQL, look at neurons (a terminal
+"""`nxd`: run the pipeline through the Dagster instance (`cli_run`: run, retry), query the catalog in SQL, look at neurons (a terminal
 card, a static HTML browser), release, export and import the tables, open the UI of a data root, and collect
 unreferenced files."""
 
@@ -11,132 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-STAGES = ("activations", "connections", "explanations", "scores")
-
-
-def _resource(args):
-    from assets.resources import NxResource
-
-    return NxResource(home=args.home, model=args.model, corpus=args.corpus, max_sequences=args.max_sequences,
-                      device=args.device, dtype=args.dtype, batch_size=args.batch_size, seq_len=args.seq_len,
-                      top_k=args.top_k, random_k=args.random_k, quantile_k=args.quantile_k, seed=args.seed)
-
-
-def _llm_resource(args, base):
-    """A new LLMResource from the code location's one and the flags (a copy with `model_copy` would keep
-    the old Dagster config, and the run would get the defaults)."""
-    from assets.llm import LLMResource
-
-    fields = {k: getattr(base, k) for k in LLMResource.model_fields}
-    fields.update({k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
-                                     ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model),
-                                     ("ledger", args.ledger)) if v})
-    return LLMResource(**fields)
-
-
-def cmd_run(args) -> int:
-    import dagster as dg
-
-    from assets.definitions import defs
-    from assets.console import console_logger
-    from assets.instance import open_instance
-    from nx_dagster.model.gelu import parse_variants
-    from nx_dagster.ranges import contiguous_runs, parse_ranges
-
-    stages = [s.strip() for s in (args.stages or ",".join(STAGES)).split(",") if s.strip()]
-    for s in stages:
-        if s not in STAGES:
-            raise _input_error(f"stage {s!r}", "is not a stage", f"use some of {', '.join(STAGES)}")
-    variants = parse_variants(args.variants)
-    nx = _resource(args)
-    # Validate every input before anything runs, so bad input changes no table.
-    print("nxd: checking the checkpoint and the corpus", file=sys.stderr, flush=True)
-    nx.validate()
-    cfg = nx.subject.ckpt.config
-    layer_list = parse_ranges(args.layers, "layers", cfg.n_layer) or list(range(cfg.n_layer))
-    neurons = parse_ranges(args.neurons, "neurons", cfg.n_neurons)
-    if neurons and len(contiguous_runs(neurons)) > 1:
-        raise _input_error(f"neurons {args.neurons!r}", "is not one contiguous range", "use a range like 0-511")
-
-    definitions = defs()
-    all_assets = list(definitions.assets)
-    llm = _llm_resource(args, definitions.resources["llm"])
-    llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
-    instance = open_instance(nx.catalog)
-    from nx_dagster import runs
-
-    runs.sweep(instance)  # a killed earlier run must not hold its pool slot: fail it, free its slots
-    worker = runs.worker_tags()
-    resources = {"nx": nx, "llm": llm}
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-    def run(selection: list[str], **kw) -> None:
-        label = ", ".join(selection) + (f" (layers {kw['tags']['dagster/asset_partition_range_start']}-"
-                                        f"{kw['tags']['dagster/asset_partition_range_end']})" if "tags" in kw else "")
-        print(f"nxd: materializing {label}", file=sys.stderr, flush=True)
-        job = dg.Definitions(jobs=[dg.define_asset_job("nxd_run", selection=selection)], assets=all_assets,
-                             resources=resources, loggers={"console": console_logger}).resolve_job_def("nxd_run")
-        result = job.execute_in_process(run_config=kw.pop("run_config", run_config), instance=instance,
-                                        raise_on_error=False, tags={**worker, **kw.pop("tags", {})}, **kw)
-        if not result.success:
-            error = input_error_of(result)
-            if error is not None:  # a failure the user can fix: the usual one line
-                raise error
-            raise SystemExit(f"nxd: run {result.run_id} failed ({label}); see the Dagster UI or the log above")
-        print(f"nxd: done {label} (run {result.run_id})", file=sys.stderr, flush=True)
-
-    if "activations" in stages:
-        run(["model", "sequences"])
-        cfgs = dict(run_config)
-        if neurons:
-            cfgs["ops"] = {"activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}}}
-        # one pass over the corpus per layer range: every variant, and the fix impact (all layers) in the first
-        fix = ["gelu_fix_impact"] if set(variants) == {"pre_fix", "post_fix"} else []
-        for i, rng in enumerate(contiguous_runs(layer_list)):
-            run([f"{v}/activations" for v in variants] + (fix if i == 0 else []), run_config=cfgs,
-                tags={"dagster/asset_partition_range_start": str(rng.start),
-                      "dagster/asset_partition_range_end": str(rng.stop - 1)})
-    if "activations" not in stages:
-        run(["model"])  # registers the layer partitions; cheap
-    shard_cfg = {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} if neurons else None
-
-    def per_layers(keys: list[str]) -> None:
-        cfgs = dict(run_config)
-        if shard_cfg:
-            cfgs["ops"] = {k.replace("/", "__"): shard_cfg for k in keys if k != "connections"}
-        for rng in contiguous_runs(layer_list):
-            run(keys, run_config=cfgs, tags={"dagster/asset_partition_range_start": str(rng.start),
-                                             "dagster/asset_partition_range_end": str(rng.stop - 1)})
-
-    if "connections" in stages:
-        per_layers(["connections"])
-    if "explanations" in stages:
-        per_layers([f"{v}/explanations" for v in variants])
-    if "scores" in stages:
-        cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
-        per_layers([f"{v}/scores" for v in variants] + cross)
-    return 0
-
-
-def input_error_of(result):
-    """The NxInputError (or a Failure whose description is one) that failed a run, rebuilt from its event
-    log, or None: the step's stack trace stays in the Dagster UI."""
-    from nx_dagster.errors import NxInputError
-
-    for event in result.all_events:
-        if not event.is_step_failure:
-            continue
-        err = event.step_failure_data.error
-        while err is not None:
-            text = err.message.strip()
-            if (err.cls_name in NxInputError.kinds() or err.cls_name == "Failure") and ". Fix: " in text:
-                text = text.split(f"{err.cls_name}: ", 1)[-1]
-                head, _, fix = text.partition(". Fix: ")
-                what, _, problem = head.partition(": ")
-                return NxInputError(what, problem, fix)
-            err = err.cause or err.context
-    return None
-
+from nx_dagster.cli_run import add_run_commands, input_error_of
 
 def _input_error(what, problem, fix):
     from nx_dagster.errors import NxInputError
@@ -436,30 +311,7 @@ def cmd_import(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="materialize stages through the Dagster instance (runs show in the UI)")
-    r.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (default: all)")
-    r.add_argument("--variants", help="pre_fix,post_fix (default both)")
-    r.add_argument("--layers", help="e.g. 0,2-5 (default all)")
-    r.add_argument("--neurons", help="a contiguous range, e.g. 0-99 (default all)")
-    r.add_argument("--model", help="NX_MODEL: 'bundled', a folder, an fsspec URL or a Hub id")
-    r.add_argument("--corpus", help="NX_CORPUS: 'bundled', text/JSONL/Parquet files, a glob or a URL")
-    r.add_argument("--home", help="NX_HOME: the data root (default ./nx_data)")
-    r.add_argument("--max-sequences", type=int, default=None, help="use only the first N sequences")
-    r.add_argument("--top-k", type=int, default=20, help="top records per neuron (default 20)")
-    r.add_argument("--random-k", type=int, default=20, help="random records per neuron (default 20)")
-    r.add_argument("--quantile-k", type=int, default=5, help="records per quantile bin (default 5)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
-    r.add_argument("--ledger", help="NX_LLM_LEDGER: the LLM call ledger file (default NX_HOME/llm_ledger.sqlite)")
-    r.add_argument("--seq-len", type=int, default=64)
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    r.add_argument("--explainer", help="auto (LLM if OPENAI_API_KEY is set, else token_lookup), token_lookup, "
-                                       "token_activation_pairs")
-    r.add_argument("--simulator", help="auto, token_lookup, json_logprobs, echo_logprobs, logprob_free")
-    r.add_argument("--explainer-model", help="chat model for explanations (NX_EXPLAINER_MODEL)")
-    r.add_argument("--simulator-model", help="model for simulations (NX_SIMULATOR_MODEL)")
-    r.set_defaults(fn=cmd_run)
+    add_run_commands(sub)
     q = sub.add_parser("sql", help="run a SQL query over the catalog")
     q.add_argument("query")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")

@@ -75,8 +75,22 @@ def test_a_writer_waits_up_to_the_bound_then_names_it(tmp_path, monkeypatch):
     with pytest.raises(CatalogBusy, match="NX_CATALOG_WAIT_S=1") as e:
         cat.replace("neuron_stats", stats_rows(0, 4, 2.0), keys)
     assert 0.9 < time.monotonic() - t0 < 5 and "Fix:" in str(e.value)
+    folder = tmp_path / "data" / "main" / "neuron_stats"
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 1  # the refused write removed the file it had written before waiting
     monkeypatch.setenv("NX_CATALOG_WAIT_S", "60")  # a longer bound: it waits its turn and lands
-    cat.replace("neuron_stats", stats_rows(0, 4, 3.0), keys)
+    import threading
+
+    waiter = threading.Thread(target=cat.replace, args=("neuron_stats", stats_rows(0, 4, 3.0), keys))
+    waiter.start()
+    # the partition's Parquet is written while the other process still holds the lock: only the
+    # commit (metadata) waits for it
+    deadline = time.monotonic() + 20
+    while len(list(folder.iterdir())) == 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert holder.poll() is None and waiter.is_alive(), "the lock was released before the file was written"
+    assert len(list(folder.iterdir())) == 2
+    waiter.join(60)
     assert holder.wait(30) == 0
     assert cat.query("SELECT DISTINCT mean FROM neuron_stats").column(0).to_pylist() == [3.0]
     monkeypatch.setenv("NX_CATALOG_WAIT_S", "soon")
@@ -176,14 +190,20 @@ def test_gc_lists_then_removes_only_unreferenced_files(tmp_path, capsys):
     (tmp_path / "staging" / f"{dead.pid}-1-abc").mkdir(parents=True)
     (tmp_path / "staging" / f"{dead.pid}-1-abc" / "part-000000.parquet").write_bytes(b"y" * 500)
     (tmp_path / f".write-probe-{dead.pid}").write_text("ok")
-    live = tmp_path / "staging" / f"{os.getpid()}-{__import__('nx_dagster.procs').procs.start_time(os.getpid())}-x"
+    me = f"{os.getpid()}-{__import__('nx_dagster.procs').procs.start_time(os.getpid())}"
+    live = tmp_path / "staging" / f"{me}-x"
     live.mkdir()  # a staging folder of a live process is never touched
+    # a partition file written before its commit: spared while its writer runs, removed once it is gone
+    waiting = folder / f"nx-{me}-0123abcd.parquet"
+    waiting.write_bytes(b"z" * 300)
+    (folder / f"nx-{dead.pid}-1-4567ef.parquet").write_bytes(b"w" * 200)
     planted = set(_files(tmp_path)) - set(kept)
     assert main(["gc", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr()
-    assert out.out.count("would remove") == 3 and "1,000 bytes" in out.out and "(run with --apply)" in out.err
+    assert out.out.count("would remove") == 4 and "1,000 bytes" in out.out and "(run with --apply)" in out.err
+    assert waiting.name not in out.out and f"nx-{dead.pid}-1-4567ef.parquet" in out.out
     assert set(_files(tmp_path)) - set(kept) == planted  # a dry run removes nothing
     assert main(["gc", "--home", str(tmp_path), "--apply"]) == 0
-    assert capsys.readouterr().out.count("removed") == 3
-    assert _files(tmp_path) == kept and live.is_dir()
+    assert capsys.readouterr().out.count("removed") == 4
+    assert set(_files(tmp_path)) - set(kept) == {waiting.relative_to(tmp_path).as_posix()} and live.is_dir()
     assert cat.query("SELECT count(*) FROM neuron_stats").column(0)[0].as_py() == 5_000

@@ -80,8 +80,10 @@ def step_started(instance, step: str, holds_slot: bool = True):
 
 
 def staging(home: Path):
-    """Ready once this process has staged a Parquet file for a commit (folders are named `<pid>-...`)."""
-    return lambda n: any((home / "staging").glob(f"{n.proc.pid}-*/*.parquet"))
+    """Ready once this process has staged a Parquet file (folders are named `<pid>-...`) or written a
+    partition's file before its commit (`data/main/<table>/nx-<pid>-...`)."""
+    return lambda n: (any((home / "staging").glob(f"{n.proc.pid}-*/*.parquet"))
+                      or any((home / "data" / "main").glob(f"*/nx-{n.proc.pid}-*.parquet")))
 
 
 def digests(home: Path) -> dict[str, tuple[int, str]]:
@@ -120,7 +122,7 @@ def test_rerun_after_kills_finishes_with_the_same_tables(tmp_path):
     kills = [  # (stages of that `nxd run`, when to kill it, label)
         ("activations", step_started(instance, "sequences", holds_slot=False), 0.2, "while sequences run"),
         ("activations", step_started(instance, "activations"), 0.5, "while activations hold the compute slot"),
-        ("activations", staging(home), 0.0, "while staging/committing a partition"),
+        ("activations", staging(home), 0.0, "while writing/committing a partition"),
         ("activations,connections", step_started(instance, "connections"), 0.2, "while connections hold the compute slot"),
         ("explanations", step_started(instance, "post_fix__explanations"), 0.2, "while explanations hold the llm slot"),
         ("explanations,scores", step_started(instance, "post_fix__scores"), 0.5, "while scores hold the llm slot"),

@@ -121,8 +121,6 @@ def open_instance(dagster_home: str) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_ref(InstanceRef.from_dir(dagster_home))
 
 
-@pytest.mark.skip(reason="passed once (381 s on 2 busy cores, over the ~3 min budget); not yet run twice in a row, "
-                         "so kept out of CI until seen reliable (issue 12 point 3)")
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg_server, s3_server, tmp_path,

@@ -18,22 +18,31 @@ from pathlib import Path
 import duckdb
 
 from nx_dagster.errors import NxInputError
-from nx_dagster.storage.extensions import load_extension
+from nx_dagster.storage import extensions
 from nx_dagster.storage.location import Location
 
 ALIAS = "nx"
 PG_FIX = "check NX_CATALOG (host, port, user, password, database) and that the server is running"
 
 
-def extensions(con: duckdb.DuckDBPyConnection, where: Location) -> None:
-    """Load what `where` needs (offline, from the duckdb-extension-* packages) and its S3 secret."""
-    load_extension(con, "ducklake")
-    load_extension(con, "postgres" if where.catalog.kind == "postgres" else "sqlite")
+def extension_names(where: Location) -> list[str]:
+    """The DuckDB extensions `where` needs."""
+    return ["ducklake", "postgres" if where.catalog.kind == "postgres" else "sqlite"] + (["httpfs"] if where.remote else [])
+
+
+def connect(where: Location) -> duckdb.DuckDBPyConnection:
+    """A new DuckDB connection with what `where` needs loaded (offline, from the duckdb-extension-*
+    packages) and its S3 secret; nothing attached yet."""
+    con = extensions.connect(extension_names(where))
     if where.remote:
         from nx_dagster.storage import s3
 
-        load_extension(con, "httpfs")
-        con.execute(s3.duckdb_secret(where.bucket))
+        try:
+            con.execute(s3.duckdb_secret(where.bucket))
+        except BaseException:
+            con.close()
+            raise
+    return con
 
 
 def redact(text: str) -> str:
@@ -60,8 +69,7 @@ def exists(where: Location) -> bool:
     db = where.catalog
     if db.kind == "sqlite":
         return Path(db.target).is_file()
-    with contextlib.closing(duckdb.connect()) as con:
-        load_extension(con, "postgres")
+    with contextlib.closing(extensions.connect(["postgres"])) as con:
         try:
             con.execute(f"ATTACH '{_q(db.target)}' AS pgmeta (TYPE postgres, READ_ONLY)")
             n = con.execute("SELECT count(*) FROM pgmeta.information_schema.tables "

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from nx_dagster import procs
 from nx_dagster.errors import NxInputError
-from nx_dagster.storage import attach, cleanup
+from nx_dagster.storage import attach, cleanup, data_files
 from nx_dagster.storage.attach import ALIAS
 from nx_dagster.storage.location import DEFAULT_HOME, Location, home_from_env  # noqa: F401 - re-exported
 from nx_dagster.storage.schema import TABLES
@@ -187,9 +187,8 @@ class Catalog:
         def attached() -> duckdb.DuckDBPyConnection:
             # a new connection for every try: an ATTACH that failed on a busy SQLite file may keep a read
             # lock open on its connection, which would hold off the very commit it is waiting for
-            con = duckdb.connect()
+            con = attach.connect(self.where)
             try:
-                attach.extensions(con, self.where)
                 attach.attach(con, self.where, read_only, snapshot)
                 return con
             except BaseException:
@@ -288,31 +287,60 @@ class Catalog:
         self, writes: list[tuple[str, pa.Table | str | Iterable[pa.Table], dict[str, object]]], message: str = "",
         con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
-        """Several partition replacements in one transaction: one snapshot, all or nothing."""
+        """Several partition replacements in one transaction: one snapshot, all or nothing.
+
+        Each write's rows are first written to one Parquet file under its table's data folder with no
+        lock held (`data_files`); the writer lock then covers only the transaction: delete the
+        partitions, register the files, commit. A write that does not commit removes its files."""
         with contextlib.ExitStack() as stack:
+            own = con is None
+            con = con or self.connect()
+            if own:
+                stack.callback(con.close)
+            written: list[str] = []
+            stack.callback(self._drop_uncommitted, con, written)
             prepared = []
             for table, rows, keys in writes:
                 if table not in TABLES:
                     raise KeyError(f"unknown table {table}")
                 if not isinstance(rows, (pa.Table, str)):
                     rows = stack.enter_context(self._staged(rows))
-                prepared.append((table, rows, *_where(keys)))
-            own = con is None
-            con = con or self.connect()
-            try:
-                with self._writer_lock():
-                    before = self._data_files(p[0] for p in prepared)
-                    try:
-                        self._retry(lambda: self._commit(con, prepared, message, before))
-                    except BaseException as e:
-                        if _is_disk_full(e):
-                            raise self._disk_full(e) from e
-                        raise
-                    return self._retry(lambda: con.execute(
-                        f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
-            finally:
-                if own:
-                    con.close()
+                prepared.append((table, self._prewrite(con, table, rows, written), *_where(keys)))
+            with self._writer_lock():
+                snap = self._commit_locked(con, prepared, message)
+            written.clear()  # committed: the catalog owns them now
+            return snap
+
+    def _prewrite(self, con, table: str, rows: pa.Table | str, written: list[str]) -> str | None:
+        try:
+            url = data_files.write(con, self.where.fs, data_files.table_folder(self.data_url, table),
+                                   _columns(TABLES[table]), table, rows)
+        except (OSError, duckdb.Error) as e:
+            if _is_disk_full(e):
+                raise self._disk_full(e) from e
+            raise
+        if url:
+            written.append(url)
+        return url
+
+    def _drop_uncommitted(self, con, written: list[str]) -> None:
+        """Remove the files of a write that did not commit (unless the catalog, read through `con`,
+        references them after all: a commit whose reply was lost)."""
+        if written:
+            cleanup.remove_unreferenced(self, con, set(written))
+
+    def _commit_locked(self, con, prepared, message: str) -> int:
+        """The transaction of `prepared` (writer lock held), retried while the catalog is busy; returns
+        the new snapshot id."""
+        # with a shared catalog another machine may be writing beside this one: nothing is removed then
+        before = set() if self.where.catalog.shared else self._data_files(p[0] for p in prepared)
+        try:
+            self._retry(lambda: self._commit(con, prepared, message, before))
+        except BaseException as e:
+            if _is_disk_full(e):
+                raise self._disk_full(e) from e
+            raise
+        return self._retry(lambda: con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
 
     def _data_files(self, tables: Iterable[str]) -> set[str]:
         """The files under the data folders of `tables` (DuckLake writes `data/main/<table>/…`), as
@@ -342,10 +370,14 @@ class Catalog:
                     if self._holds(con, table, rows, cond, params, ignore):
                         log.info("%s: partition %s unchanged, nothing written", table, keys)
                         return con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
-                    before = self._data_files([table])
-                    self._retry(lambda: self._commit(con, [(table, rows, cond, params)], message, before))
-                    return self._retry(lambda: con.execute(
-                        f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
+                    written: list[str] = []
+                    try:
+                        prepared = [(table, self._prewrite(con, table, rows, written), cond, params)]
+                        snap = self._commit_locked(con, prepared, message)
+                        written.clear()
+                        return snap
+                    finally:
+                        self._drop_uncommitted(con, written)
             finally:
                 con.close()
 
@@ -398,18 +430,15 @@ class Catalog:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _commit(self, con, prepared, message, before) -> None:
-        """One transaction; if it fails, the data files it wrote (those not in `before`) are removed."""
+        """One transaction: delete each partition, register its new file (`prepared`: [(table, file URL
+        or None, condition, params)]). If it fails, the files DuckLake wrote in it (delete files; those
+        not in `before`) are removed; the registered files are the caller's to remove."""
         con.execute("BEGIN TRANSACTION")
         try:
-            for table, rows, cond, params in prepared:
+            for table, url, cond, params in prepared:
                 con.execute(f"DELETE FROM {table} WHERE {cond}", params)
-                if isinstance(rows, str):
-                    if rows:
-                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {rows}")
-                elif rows.num_rows:
-                    con.register("_incoming", rows)
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
-                    con.unregister("_incoming")
+                if url:
+                    con.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{table}', '{url}')")
             if message:
                 con.execute(f"CALL {ALIAS}.set_commit_message('nx_dagster', ?)", [message])
             con.execute("COMMIT")
@@ -417,10 +446,13 @@ class Catalog:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             if self.where.catalog.shared:
-                log.warning("a transaction failed; the data files it wrote stay until `nxd gc --apply` "
+                log.warning("a transaction failed; the delete files it wrote stay until `nxd gc --apply` "
                             "(with a shared catalog another machine's commit may be writing beside it)")
             else:
-                cleanup.remove_unreferenced(self, con, self._data_files(t for t, *_ in prepared) - before)
+                # other writers' files written before their commit (nx-…) are theirs, not this transaction's
+                created = {f for f in self._data_files(t for t, *_ in prepared) - before
+                           if not f.rsplit("/", 1)[-1].startswith(data_files.PREFIX)}
+                cleanup.remove_unreferenced(self, con, created)
             raise
 
     def query(self, sql: str, params: Sequence | None = None) -> pa.Table:

@@ -3,8 +3,9 @@
 A DuckLake transaction writes its Parquet files under data/ before it commits; if the commit fails
 (a full disk, a kill) nothing references them but they stay, and so can a staging folder or a write
 probe of a killed process. `remove_unreferenced` cleans up right after a failed transaction;
-`collect` finds everything of that kind (DuckLake's own `ducklake_delete_orphaned_files` for data/,
-plus staging folders and probes whose process is gone) and removes it only when asked.
+`collect` finds everything of that kind (DuckLake's own `ducklake_delete_orphaned_files` for data/, less
+the files of writers that still run and have not committed yet, plus staging folders and probes whose
+process is gone) and removes it only when asked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from nx_dagster import procs
+from nx_dagster.storage import data_files
 from nx_dagster.storage.attach import ALIAS
 
 if TYPE_CHECKING:
@@ -79,11 +81,14 @@ def collect(catalog: "Catalog", apply: bool = False) -> list[tuple[str, int]]:
             age = (", older_than => now() - INTERVAL 1 DAY" if catalog.where.catalog.shared else ", cleanup_all => true")
             orphans = catalog._retry(lambda: con.execute(
                 f"CALL ducklake_delete_orphaned_files('{ALIAS}', dry_run => true{age})").fetchall())
+            # a writer that still runs has written its partition's file and waits for the lock to commit it
+            orphans = [r[0] for r in orphans if not data_files.writer_alive(r[0].rsplit("/", 1)[-1])]
             fs = catalog.where.fs
-            found += [(r[0], fs.size(r[0]) if fs.exists(r[0]) else 0) for r in orphans]
-            if apply and orphans:
-                catalog._retry(lambda: con.execute(
-                    f"CALL ducklake_delete_orphaned_files('{ALIAS}', dry_run => false{age})").fetchall())
+            found += [(path, fs.size(path) if fs.exists(path) else 0) for path in orphans]
+            if apply:
+                for path in orphans:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm_file(path)
         staging = catalog.local / "staging"
         leftovers = [p for p in staging.iterdir() if _dead(p.name)] if staging.is_dir() else []
         leftovers += [p for p in catalog.local.glob(".write-probe-*") if _dead(p.name)]
