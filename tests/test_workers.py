@@ -6,7 +6,7 @@ NX_STATE, share only a real PostgreSQL server (the DuckLake catalog in one datab
 deploy/dagster.yaml, in another) and the local S3 server (the Parquet data): they split the layers, each
 running `nxd run --layers <its share>` over all stages, and the final tables equal the reference. One
 worker is SIGKILLed (its process group) while its connections step runs: the other finishes,
-a fresh worker re-executes the killed run from failure through Dagster (tests/reexecute_worker.py), then
+a fresh worker re-executes the killed run from its failure through Dagster (`nxd retry RUN_ID`), then
 runs what the killed worker had left, and the tables still equal the reference.
 """
 
@@ -192,8 +192,8 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
     assert len(killed) == 1, "the killed worker's run is not the one left STARTED"
     killed_id = killed[0].dagster_run.run_id
     fresh_cwd = tmp_path / "k2"
-    out = Worker(worker_env(shared, fresh_cwd), fresh_cwd, ["-m", "tests.reexecute_worker", killed_id, "connections"]).finish()
-    child_id = re.search(rf"reexecute: run (\S+) \(parent {killed_id}\) success=True", out).group(1)
+    out = Worker(worker_env(shared, fresh_cwd), fresh_cwd, ["-m", "nx_dagster.cli", "retry", killed_id]).finish()
+    child_id = re.search(rf"done: run (\S+) re-executed {killed_id}", out).group(1)
     child = instance.get_run_by_id(child_id)
     assert child.parent_run_id == killed_id and child.status == dg.DagsterRunStatus.SUCCESS
     assert instance.get_run_by_id(killed_id).status == dg.DagsterRunStatus.FAILURE

@@ -201,9 +201,8 @@ def sync_ledger(catalog, ledger: Ledger, keys: Sequence[str] | None = None, chun
     table = ledger.to_arrow(keys)
     if table.num_rows == 0:
         return 0
-    with catalog.session() as con:
-        for start in range(0, table.num_rows, chunk):
-            part = table.slice(start, chunk)
-            catalog.replace("llm_calls", part, {"call_key": part.column("call_key").to_pylist()},
-                            message=f"sync {part.num_rows} LLM calls", con=con)
+    for start in range(0, table.num_rows, chunk):
+        part = table.slice(start, chunk)
+        catalog.replace("llm_calls", part, {"call_key": part.column("call_key").to_pylist()},
+                        message=f"sync {part.num_rows} LLM calls")
     return table.num_rows

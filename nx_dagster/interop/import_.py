@@ -198,7 +198,7 @@ def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: i
             ("explanations", src("explanations"), {**lk, "gelu_variant": VARIANT, "explainer": PUBLISHED}),
             ("simulations", src("simulations"), sk), ("scores", src("scores"), sk),
             ("neuron_connections", src("neuron_connections"), lk), ("token_connections", src("token_connections"), lk),
-        ], f"import {url} layer {layer} as {model}", con=con)
+        ], f"import {url} layer {layer} as {model}")
         for table in ("activation_records", "explanations", "neuron_connections"):
             counts[table] = counts.get(table, 0) + pq.read_metadata(folder / f"{table}.parquet").num_rows
         (folder / "committed").write_text("")

@@ -78,20 +78,33 @@ def write_sequences(catalog: Catalog, s: Subject) -> dict:
             "seq_len": s.corpus.seq_len, "snapshot": snap}
 
 
-def sequence_batches(catalog: Catalog, model: str, corpus: str, batch_size: int
+def sequence_batches(catalog: Catalog, model: str, corpus: str, batch_size: int, chunk: int = 16384
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stream (sequence ids, token ids) from the `sequences` table in id order."""
-    with catalog.session() as con:
-        reader = catalog._retry(lambda: con.execute(
-            "SELECT sequence_id, token_ids FROM sequences WHERE model = ? AND corpus = ? ORDER BY sequence_id",
-            [model, corpus]).fetch_record_batch(batch_size))
-        for b in reader:
-            if b.num_rows == 0:
-                continue
-            lists = b.column(1)
-            flat = lists.values.to_numpy(zero_copy_only=False)
+    """Stream (sequence ids, token ids) from the `sequences` table in id order, reading `chunk` sequences
+    per query (each query a short read: a read held open for a whole recording pass would hold a SQLite
+    catalog's read lock, and other processes' commits would wait for it), all at the snapshot current
+    when the stream starts. Batches hold `batch_size` sequences (the last one fewer)."""
+    from nx_dagster.storage.attach import ALIAS
+
+    chunk = max(1, chunk // batch_size) * batch_size  # whole batches per query
+    snap = catalog.query(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").column(0)[0].as_py()
+    after = -1
+    while True:
+        with catalog.session(read_only=True, snapshot=snap) as con:
+            part = catalog._retry(lambda: con.execute(
+                "SELECT sequence_id, token_ids FROM sequences WHERE model = ? AND corpus = ? AND sequence_id > ? "
+                "ORDER BY sequence_id LIMIT ?", [model, corpus, after, chunk]).fetch_arrow_table())
+        if part.num_rows == 0:
+            return
+        after = part.column(0)[-1].as_py()
+        part = part.combine_chunks()
+        for start in range(0, part.num_rows, batch_size):
+            b = part.slice(start, batch_size)
+            flat = b.column(1).combine_chunks().flatten().to_numpy(zero_copy_only=False)  # flatten: slice-aware
             yield (torch.from_numpy(b.column(0).to_numpy().astype(np.int64)),
                    torch.from_numpy(flat.astype(np.int64)).view(b.num_rows, -1))
+        if part.num_rows < chunk:
+            return
 
 
 def count_sequences(catalog: Catalog, model: str, corpus: str) -> int:

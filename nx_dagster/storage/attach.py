@@ -125,10 +125,18 @@ def _q(text: str) -> str:
     return text.replace("'", "''")
 
 
-def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, snapshot: int | None) -> None:
+def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, snapshot: int | None,
+           busy_s: float = 600.0) -> None:
     """ATTACH the catalog as `nx` (and USE it). A busy SQLite file raises duckdb.Error: the caller retries
-    with a new connection."""
+    with a new connection.
+
+    A SQLite catalog waits up to `busy_s` for a lock another process holds (SQLite's busy timeout,
+    `META_BUSY_TIMEOUT`) instead of failing at once: an ATTACH or COMMIT that fails with "database is
+    locked" can leave its SQLite connection holding the lock it had (DuckLake keeps that connection for
+    the life of the process), and two processes in that state block each other until the bound."""
     opts = [f"DATA_PATH '{_q(where.data_url)}'", "OVERRIDE_DATA_PATH TRUE"]
+    if where.catalog.kind == "sqlite":
+        opts.append(f"META_BUSY_TIMEOUT {max(1, int(busy_s * 1000))}")
     if read_only:
         opts.append("READ_ONLY")
     if snapshot is not None:

@@ -189,7 +189,7 @@ class Catalog:
             # lock open on its connection, which would hold off the very commit it is waiting for
             con = attach.connect(self.where)
             try:
-                attach.attach(con, self.where, read_only, snapshot)
+                attach.attach(con, self.where, read_only, snapshot, wait_seconds())
                 return con
             except BaseException:
                 con.close()
@@ -273,7 +273,6 @@ class Catalog:
 
     def replace(
         self, table: str, rows: pa.Table | str | Iterable[pa.Table], keys: dict[str, object], message: str = "",
-        con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
         """Atomically delete the rows matching `keys` (a partition) and insert `rows`.
 
@@ -281,11 +280,10 @@ class Catalog:
         is first staged to Parquet under NX_HOME/staging (memory stays flat; the lock is held only for
         the commit). Returns the DuckLake snapshot id. Either the whole replacement lands or nothing does.
         """
-        return self.replace_many([(table, rows, keys)], message, con)
+        return self.replace_many([(table, rows, keys)], message)
 
     def replace_many(
         self, writes: list[tuple[str, pa.Table | str | Iterable[pa.Table], dict[str, object]]], message: str = "",
-        con: duckdb.DuckDBPyConnection | None = None,
     ) -> int:
         """Several partition replacements in one transaction: one snapshot, all or nothing.
 
@@ -293,12 +291,10 @@ class Catalog:
         lock held (`data_files`); the writer lock then covers only the transaction: delete the
         partitions, register the files, commit. A write that does not commit removes its files."""
         with contextlib.ExitStack() as stack:
-            own = con is None
-            con = con or self.connect()
-            if own:
-                stack.callback(con.close)
+            con = self.connect()
+            stack.callback(con.close)
             written: list[str] = []
-            stack.callback(self._drop_uncommitted, con, written)
+            stack.callback(self._drop_uncommitted, written)
             prepared = []
             for table, rows, keys in writes:
                 if table not in TABLES:
@@ -323,24 +319,49 @@ class Catalog:
             written.append(url)
         return url
 
-    def _drop_uncommitted(self, con, written: list[str]) -> None:
-        """Remove the files of a write that did not commit (unless the catalog, read through `con`,
-        references them after all: a commit whose reply was lost)."""
-        if written:
-            cleanup.remove_unreferenced(self, con, set(written))
+    def _drop_uncommitted(self, written: list[str]) -> None:
+        """Remove the files of a write that did not commit (unless the catalog references them after all:
+        a commit whose reply was lost; if the catalog cannot be read they stay, for `nxd gc`)."""
+        if not written:
+            return
+        try:
+            with self.session() as con:
+                cleanup.remove_unreferenced(self, con, set(written))
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            log.exception("could not check the catalog to remove %d uncommitted files; `nxd gc` will", len(written))
 
     def _commit_locked(self, con, prepared, message: str) -> int:
         """The transaction of `prepared` (writer lock held), retried while the catalog is busy; returns
-        the new snapshot id."""
+        the new snapshot id. A commit that SQLite refused ("database is locked") can leave the metadata
+        connection of `con` holding the lock it was taking, which would block every reader and the retry
+        itself (seen as two writers hung, one in its next DELETE, one in ATTACH): each retry therefore
+        closes that connection and commits through a new one."""
         # with a shared catalog another machine may be writing beside this one: nothing is removed then
         before = set() if self.where.catalog.shared else self._data_files(p[0] for p in prepared)
+        current = [con]
+
+        def attempt() -> int:
+            if current[0] is None:
+                current[0] = self.connect()
+            c = current[0]
+            try:
+                self._commit(c, prepared, message, before)
+                return c.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
+            except duckdb.Error as e:
+                if attach.retryable(e):
+                    c.close()
+                    current[0] = None
+                raise
+
         try:
-            self._retry(lambda: self._commit(con, prepared, message, before))
+            return self._retry(attempt)
         except BaseException as e:
             if _is_disk_full(e):
                 raise self._disk_full(e) from e
             raise
-        return self._retry(lambda: con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0])
+        finally:
+            if current[0] is not None and current[0] is not con:
+                current[0].close()
 
     def _data_files(self, tables: Iterable[str]) -> set[str]:
         """The files under the data folders of `tables` (DuckLake writes `data/main/<table>/…`), as
@@ -377,7 +398,7 @@ class Catalog:
                         written.clear()
                         return snap
                     finally:
-                        self._drop_uncommitted(con, written)
+                        self._drop_uncommitted(written)
             finally:
                 con.close()
 
@@ -438,7 +459,8 @@ class Catalog:
             for table, url, cond, params in prepared:
                 con.execute(f"DELETE FROM {table} WHERE {cond}", params)
                 if url:
-                    con.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{table}', '{url}')")
+                    # allow_missing: a column a newer version added to the catalog reads as NULL, as with INSERT
+                    con.execute(f"CALL ducklake_add_data_files('{ALIAS}', '{table}', '{url}', allow_missing => true)")
             if message:
                 con.execute(f"CALL {ALIAS}.set_commit_message('nx_dagster', ?)", [message])
             con.execute("COMMIT")

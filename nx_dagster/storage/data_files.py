@@ -52,7 +52,8 @@ def write(con: duckdb.DuckDBPyConnection, fs, folder: str, columns: list[tuple[s
     """Write `rows` (an Arrow table, or a SQL source such as `read_parquet('…')`, or "" for none) to a
     new Parquet file in `folder`, as `table`'s columns `columns` [(name, SQL type)] in that order:
     each column cast to its type, a column `rows` lacks as NULL. Returns the file's URL, or None when
-    there are no rows (nothing is kept; `fs`, the root's fsspec filesystem, removes an empty file). Raises ValueError for a column the table does not have."""
+    there are no rows (nothing is kept; `fs`, the root's fsspec filesystem, removes an empty file).
+    Raises ValueError for a column the table does not have; a failed write removes its partial file."""
     if isinstance(rows, str) and not rows:
         return None
     if isinstance(rows, pa.Table):
