@@ -36,6 +36,18 @@ def _ranks(values: list) -> tuple[np.ndarray, list]:
     return np.fromiter((at[v] for v in values), np.int64, len(values)), distinct
 
 
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """`_ranks` of a string column without NULLs, through Arrow's dictionary encoding."""
+    enc = pc.dictionary_encode(column.combine_chunks())
+    at, distinct = _ranks(enc.dictionary.to_pylist())
+    return at[enc.indices.to_numpy(zero_copy_only=False)], distinct
+
+
+def _is(column: pa.ChunkedArray, *values: str) -> np.ndarray:
+    """(R,) bool: the column holds one of `values` (never NULL)."""
+    return pc.is_in(column, pa.array(values, pa.string())).fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The indices start[i], start[i]+1, ..., start[i]+lengths[i]-1 of every i, laid end to end."""
     total = int(lengths.sum())
@@ -56,21 +68,20 @@ class RecordColumns:
     neurons: list[tuple[str, str, int, int]]  # (N,) sorted (model, gelu_variant, layer, neuron)
     starts: np.ndarray  # (R,) first token of each record in `acts` / `token_ids`
     lengths: np.ndarray  # (R,) tokens per record
-    acts: np.ndarray  # (T,) float64, the stored activations (exactly: they are FLOAT)
+    acts: np.ndarray  # (T,) the stored activations, as stored (FLOAT: float32)
     token_ids: np.ndarray  # (T,) index into `vocab`
     vocab: list[str]  # (V,) distinct token strings
 
     @classmethod
     def from_arrow(cls, records: pa.Table) -> "RecordColumns":
         """Raises NxInputError when a record's activations and tokens differ in length."""
-        cols = {c: records.column(c).to_pylist() for c in ("model", "gelu_variant", "split", "kind")}
-        model, models = _ranks(cols["model"])
-        variant, variants = _ranks(cols["gelu_variant"])
+        model, models = _codes(records.column("model"))
+        variant, variants = _codes(records.column("gelu_variant"))
         layer = records.column("layer").to_numpy(zero_copy_only=False).astype(np.int64)
         neuron = records.column("neuron").to_numpy(zero_copy_only=False).astype(np.int64)
-        split = np.fromiter((_SPLIT_ORDER.index(s) if s in _SPLIT_ORDER else 2 for s in cols["split"]), np.int64,
-                            records.num_rows)
-        not_top = np.fromiter((k != "top" for k in cols["kind"]), bool, records.num_rows)
+        split = np.where(_is(records.column("split"), SCORED_SPLIT), 0,
+                         np.where(_is(records.column("split"), CALIBRATION_SPLIT), 1, 2))
+        not_top = ~_is(records.column("kind"), "top")
         rank = records.column("rank").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         seq = records.column("sequence_id").to_numpy(zero_copy_only=False).astype(np.int64)
         order = np.lexsort((seq, rank, not_top, split, neuron, layer, variant, model))
@@ -92,12 +103,9 @@ class RecordColumns:
         return cls(table=records.select([c for c in records.column_names if c not in ("tokens", "activations")])
                    .take(pa.array(order)), neuron=np.cumsum(new) - 1, neurons=neurons,
                    starts=np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)[order],
-                   lengths=lengths[order], acts=acts_col.flatten().to_numpy(zero_copy_only=False).astype(np.float64),
-                   token_ids=tokens.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                   lengths=lengths[order], acts=acts_col.flatten().to_numpy(zero_copy_only=False),
+                   token_ids=tokens.indices.to_numpy(zero_copy_only=False),
                    vocab=tokens.dictionary.to_pylist())
-
-    def column(self, name: str) -> np.ndarray:
-        return self.table.column(name).to_numpy(zero_copy_only=False)
 
     @cached_property
     def neuron_index(self) -> dict[tuple[str, int, int], int]:
@@ -112,8 +120,8 @@ class RecordColumns:
         """The rows `simulate` visits (top and random records of the valid and calibration splits), in
         row order, so valid before calibration, then top, rank, sequence_id; and (N + 1,) each neuron's
         first one among them."""
-        split, kind = self.column("split"), self.column("kind")
-        rows = np.flatnonzero(np.isin(split, _SPLIT_ORDER) & np.isin(kind, ("top", "random")))
+        rows = np.flatnonzero(_is(self.table.column("split"), *_SPLIT_ORDER)
+                              & _is(self.table.column("kind"), "top", "random"))
         return rows, np.searchsorted(self.neuron[rows], np.arange(len(self.neurons) + 1))
 
     @cached_property
@@ -133,7 +141,7 @@ class RecordColumns:
     @cached_property
     def train_top_rows(self) -> np.ndarray:
         """The rows the explainer reads: top records of the train split."""
-        return np.flatnonzero((self.column("split") == EXPLAIN_SPLIT) & (self.column("kind") == "top"))
+        return np.flatnonzero(_is(self.table.column("split"), EXPLAIN_SPLIT) & _is(self.table.column("kind"), "top"))
 
     def neuron_rows(self) -> np.ndarray:
         """(N + 1,) the first row of each neuron, and R."""
@@ -151,7 +159,7 @@ def token_lookup_explanations(cols: RecordColumns, neurons: range | None = None,
     has_train[cols.neuron[train]] = True
     at = _gather(cols.starts[train], cols.lengths[train])
     g = np.repeat(cols.neuron[train], cols.lengths[train])
-    tok, act = cols.token_ids[at], cols.acts[at]
+    tok, act = cols.token_ids[at], cols.acts[at].astype(np.float64)  # as Python floats compare
     keep = act > -np.inf  # what `act > best.get(tok, -inf)` lets in: never NaN or -inf
     g, tok, act = g[keep], tok[keep], act[keep]
     # best activation per (neuron, token)
@@ -202,10 +210,11 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
     at = _gather(cols.starts[rows], lengths)
 
     # 10 where the token is one its explanation names, else 0
-    named_keys = [i * len(cols.vocab) + v for i, (e, _) in enumerate(paired) if e.explanation is not None
-                  for name in named_tokens(e.explanation) for v in cols.hit_ids.get(name, ())]
-    token_expl = np.repeat(job_expl, lengths)
-    hit = np.isin(token_expl * len(cols.vocab) + cols.token_ids[at], np.array(named_keys, np.int64))
+    hits = np.zeros((len(paired), len(cols.vocab)), bool)  # (E, V)
+    for i, (e, _) in enumerate(paired):
+        if e.explanation is not None:
+            hits[i, [v for name in named_tokens(e.explanation) for v in cols.hit_ids.get(name, ())]] = True
+    hit = hits[np.repeat(job_expl, lengths), cols.token_ids[at]]
     failed = np.array([e.explanation is None for e, _ in paired], bool)[job_expl]
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
     expected_offsets = np.concatenate(([0], np.cumsum(np.where(failed, 0, lengths)))).astype(np.int32)
@@ -226,7 +235,7 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
         "simulator": pa.array([TOKEN_LOOKUP] * len(rows), pa.string()),
         "expected_activations": pa.ListArray.from_arrays(
             pa.array(expected_offsets), pa.array(expected, pa.float32()), mask=pa.array(failed)),
-        "true_activations": pa.ListArray.from_arrays(pa.array(offsets), pa.array(cols.acts[at].astype(np.float32))),
+        "true_activations": pa.ListArray.from_arrays(pa.array(offsets), pa.array(cols.acts[at].astype(np.float32, copy=False))),
     }
     return pa.table({f.name: (columns[f.name].cast(f.type) if f.name in columns else pa.nulls(len(rows), f.type))
                      for f in schema}, schema=schema)
