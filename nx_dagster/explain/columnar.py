@@ -2,8 +2,8 @@
 
 They give exactly what `explainers.token_lookup_explanation` and `simulators.simulate(..., "token_lookup")`
 give for the `NeuronRecords` of `neuron_records_from_arrow` (tests hold them together), without building a
-Python object per record or token: records stay flat numpy arrays (one float64 activation and one token
-id per token), and every per-token step is an array operation. Only the distinct token strings (a few
+Python object per record or token: records stay flat numpy arrays (one activation, as stored, and one
+token id per token), and every per-token step is an array operation. Only the distinct token strings (a few
 thousand) and the explanations (one per neuron) are Python objects.
 
 Shapes: R records (rows of `activation_records`), T tokens over all of them, V distinct token strings,
