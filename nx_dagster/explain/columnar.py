@@ -224,7 +224,8 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
         "explanation_id": pa.array([e.explanation_id for e, _ in paired], pa.string()),
         "explanation_gelu_variant": pa.array([e.gelu_variant for e, _ in paired], pa.string()),
         "failure_reason": pa.array([None if e.explanation is not None else
-                                    f"no explanation to simulate ({e.failure_reason})" for e, _ in paired], pa.string()),
+                                    f"no explanation to simulate ({e.failure_reason})" for e, _ in paired],
+                                   pa.string()),
     }
     take = pa.array(job_expl)
     record = cols.table.take(pa.array(rows))  # (J,) rows, no token lists
@@ -235,7 +236,8 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
         "simulator": pa.array([TOKEN_LOOKUP] * len(rows), pa.string()),
         "expected_activations": pa.ListArray.from_arrays(
             pa.array(expected_offsets), pa.array(expected, pa.float32()), mask=pa.array(failed)),
-        "true_activations": pa.ListArray.from_arrays(pa.array(offsets), pa.array(cols.acts[at].astype(np.float32, copy=False))),
+        "true_activations": pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(cols.acts[at].astype(np.float32, copy=False))),
     }
     return pa.table({f.name: (columns[f.name].cast(f.type) if f.name in columns else pa.nulls(len(rows), f.type))
                      for f in schema}, schema=schema)
