@@ -117,20 +117,24 @@ def neuron_records_from_arrow(
     if isinstance(tokens_by_sequence, pa.Table):
         tokens_by_sequence = dict(zip(tokens_by_sequence.column("sequence_id").to_pylist(),
                                       tokens_by_sequence.column("tokens").to_pylist()))
-    rows = records.to_pylist()
+
+    def col(name: str) -> list:  # column by column: no dict per row
+        return records.column(name).to_pylist() if name in records.column_names else [None] * records.num_rows
+
+    acts = records.column("activations")
+    if not (pa.types.is_list(acts.type) and pa.types.is_floating(acts.type.value_type)):
+        acts = pa.array([[float(a) for a in row] for row in acts.to_pylist()], pa.list_(pa.float64()))
     grouped: dict[tuple, list[ActivationRecord]] = defaultdict(list)
-    for row in rows:
-        sid = int(row["sequence_id"])
-        tokens = row.get("tokens")
+    for model, variant, layer, neuron, kind, split, rank, sid, values, tokens in zip(
+            col("model"), col("gelu_variant"), col("layer"), col("neuron"), col("kind"), col("split"), col("rank"),
+            col("sequence_id"), acts.to_pylist(), col("tokens")):
         if tokens is None:
             if tokens_by_sequence is None or sid not in tokens_by_sequence:
                 raise NxInputError(f"sequence {sid}", "has activation records but no tokens",
                                    "rebuild the sequences and activations stages from the same corpus")
-            tokens = tokens_by_sequence[sid]
-        key = (row["model"], row["gelu_variant"], int(row["layer"]), int(row["neuron"]))
-        grouped[key].append(ActivationRecord(sequence_id=sid, tokens=list(tokens),
-                                             activations=[float(a) for a in row["activations"]],
-                                             kind=row["kind"], split=row.get("split"), rank=int(row["rank"] or 0)))
+            tokens = list(tokens_by_sequence[sid])
+        grouped[(model, variant, int(layer), int(neuron))].append(ActivationRecord(
+            sequence_id=int(sid), tokens=tokens, activations=values, kind=kind, split=split, rank=int(rank or 0)))
     return [NeuronRecords(*k, records=v) for k, v in sorted(grouped.items())]
 
 

@@ -48,8 +48,9 @@ class EchoUnsupportedError(NxInputError):
     """The endpoint refuses completions with echo + logprobs."""
 
 
-def token_lookup_values(explanation: str, tokens: Sequence[str]) -> list[float]:
-    """10 for tokens named in the explanation (its JSON-quoted tokens, or else its words), 0 elsewhere."""
+def named_tokens(explanation: str) -> set[str]:
+    """The tokens an explanation names, stripped and lower-cased: its JSON-quoted strings, or else its
+    words (two letters or more, not a stop word)."""
     named: set[str] = set()
     for lit in _QUOTED.findall(explanation):
         try:
@@ -58,7 +59,19 @@ def token_lookup_values(explanation: str, tokens: Sequence[str]) -> list[float]:
             continue
     if not named:
         named = {w for w in re.findall(r"\w+", explanation.lower()) if len(w) > 1 and w not in _STOP}
-    return [10.0 if t.strip().lower() in named and t.strip() else 0.0 for t in tokens]
+    return named
+
+
+def token_lookup_hit(token: str, named: set[str]) -> bool:
+    """Whether the `token_lookup` simulator predicts 10 (not 0) on `token`, given `named_tokens(...)`."""
+    return bool(token.strip()) and token.strip().lower() in named
+
+
+def token_lookup_values(explanation: str, tokens: Sequence[str]) -> list[float]:
+    """10 for tokens named in the explanation (`named_tokens`), 0 elsewhere. `columnar.py` computes the
+    same for many sequences at once."""
+    named = named_tokens(explanation)
+    return [10.0 if token_lookup_hit(t, named) else 0.0 for t in tokens]
 
 
 def simulation_request(simulator: str, explanation: str, tokens: Sequence[str], model: str,

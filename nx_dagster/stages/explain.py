@@ -16,10 +16,12 @@ import pyarrow.compute as pc
 
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain import (
-    LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
+    TOKEN_LOOKUP, LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
     neuron_records_from_arrow, pair_by_neuron, score_simulations, simulate, simulations_table, sync_ledger,
 )
 from nx_dagster.explain.batch_scoring import unscored_rows
+from nx_dagster.explain.columnar import RecordColumns, token_lookup_explanations, token_lookup_simulations
+from nx_dagster.explain.records import NeuronRecords
 from nx_dagster.stages.activations import Progress, progress
 from nx_dagster.storage import Catalog
 
@@ -34,8 +36,10 @@ def _neuron_filter(neurons: range | None, alias: str = "") -> str:
     return "" if neurons is None else f" AND {alias}neuron BETWEEN {neurons.start} AND {neurons.stop - 1}"
 
 
-def load_records(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
-                 neurons: range | None) -> list:
+def load_record_table(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
+                      neurons: range | None) -> pa.Table:
+    """The top and random rows of `activation_records` of `variant` with their sequences' `tokens`.
+    NxInputError when there are none, or when a record's sequence is gone."""
     table = catalog.query(
         "SELECT r.model, r.gelu_variant, r.layer, r.neuron, r.kind, r.split, r.rank, r.sequence_id, r.activations, "
         "s.tokens FROM activation_records r LEFT JOIN sequences s ON s.model = r.model AND s.corpus = r.corpus "
@@ -50,7 +54,18 @@ def load_records(catalog: Catalog, model: str, corpus: str, variant: str, layers
         raise NxInputError(f"activation records of {model} on corpus {corpus!r} ({variant}, layers {layers})",
                            f"{orphans} records point at sequences that are not in the `sequences` table",
                            "re-materialize `sequences` and then the activations of these layers for this corpus")
-    return neuron_records_from_arrow(table)
+    return table
+
+
+def load_records(catalog: Catalog, model: str, corpus: str, variant: str, layers: list[int],
+                 neurons: range | None) -> list[NeuronRecords]:
+    """`load_record_table` as one NeuronRecords per neuron (what the LLM methods work on)."""
+    return neuron_records_from_arrow(load_record_table(catalog, model, corpus, variant, layers, neurons))
+
+
+def loaded(report: Progress | None, what: str, n_neurons: int, t0: float) -> None:
+    if report:
+        report(f"{what} {n_neurons:,} neurons' records loaded in {time.perf_counter() - t0:.1f} s")
 
 
 def _with(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -77,11 +92,19 @@ def write_explanations(catalog: Catalog, model: str, corpus: str, variant: str, 
     `explanations` in one commit. `report` gets progress lines (offline explainer; an LLM client
     reports its own)."""
     t0 = time.perf_counter()
-    records = load_records(catalog, model, corpus, variant, layers, neurons)
-    if report:
-        report(f"{variant} explanations: {len(records):,} neurons' records loaded in {time.perf_counter() - t0:.1f} s")
-    expl = _in_chunks(records, lambda chunk: explain_neurons(chunk, explainer, client, n_candidates),
-                      f"{variant} explanations ({explainer})", report, client is not None)
+    table = load_record_table(catalog, model, corpus, variant, layers, neurons)
+    label = f"{variant} explanations ({explainer})"
+    if explainer == TOKEN_LOOKUP:  # offline: columnar, the same explanations as explain_neurons gives
+        cols = RecordColumns.from_arrow(table)
+        loaded(report, f"{variant} explanations:", len(cols.neurons), t0)
+        expl = _in_chunks(list(range(len(cols.neurons))),
+                          lambda chunk: token_lookup_explanations(cols, range(chunk[0], chunk[-1] + 1)),
+                          label, report, False)
+    else:
+        records = neuron_records_from_arrow(table)
+        loaded(report, f"{variant} explanations:", len(records), t0)
+        expl = _in_chunks(records, lambda chunk: explain_neurons(chunk, explainer, client, n_candidates),
+                          label, report, client is not None)
     table = explanations_table(expl)
     keys = {"model": model, "gelu_variant": variant, "layer": layers, "explainer": explainer}
     if neurons is not None:
@@ -114,14 +137,21 @@ def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant:
         raise NxInputError(f"{explainer} explanations of {model} ({explanation_variant}, layers {layers})",
                            "do not exist yet", "materialize the explanations stage for these layers first")
     expls = explanations_from_table(expl_table)
-    records = load_records(catalog, model, corpus, scored_variant, layers, neurons)
+    table = load_record_table(catalog, model, corpus, scored_variant, layers, neurons)
     label = f"{explanation_variant} explanations on {scored_variant} ({simulator})"
-    if report:
-        report(f"{label}: {len(expls):,} explanations and {len(records):,} neurons' records loaded in "
-               f"{time.perf_counter() - t0:.1f} s")
-    sims = simulations_table(_in_chunks(pair_by_neuron(expls, records),
-                                        lambda chunk: simulate(chunk, simulator, client), label, report,
-                                        client is not None))
+    what = f"{label}: {len(expls):,} explanations and"
+    if simulator == TOKEN_LOOKUP:  # offline: columnar, the same rows as simulate gives
+        cols = RecordColumns.from_arrow(table)
+        loaded(report, what, len(cols.neurons), t0)
+        paired = [e for e in expls if cols.has_neuron(e.model, e.layer, e.neuron)]
+        sims = pa.concat_tables(_in_chunks(paired, lambda chunk: [token_lookup_simulations(chunk, cols)], label,
+                                           report, False)) if paired else simulations_table([])
+    else:
+        records = neuron_records_from_arrow(table)
+        loaded(report, what, len(records), t0)
+        sims = simulations_table(_in_chunks(pair_by_neuron(expls, records),
+                                            lambda chunk: simulate(chunk, simulator, client), label, report,
+                                            client is not None))
     sims = _with(sims, "explainer", pa.array([explainer] * sims.num_rows, pa.string()))
     scores = score_simulations(sims, explanation_variants(expls))
     model_used = sims.column("simulator_model")[0].as_py() if sims.num_rows else None
