@@ -23,6 +23,7 @@ import tempfile
 
 import torch
 
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent.parent))  # run as a script too
 from benchmarks.peers import NaivePeer, hf_twin
 from nx_dagster.activations import Recorder, RecorderSettings
 from nx_dagster.model.gpt2 import GPT2, Block, GPT2Config
