@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import dagster as dg
 
@@ -89,7 +88,3 @@ def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
             reexecution_options=ReexecutionOptions.from_failure(run_id, instance), raise_on_error=False)
     finally:
         os.environ.pop(_ENV, None)
-
-
-if __name__ == "__main__":  # pragma: no cover - `nxd retry` is the entry point
-    sys.exit("use `nxd retry RUN_ID`")

@@ -147,7 +147,11 @@ def cmd_retry(args) -> int:
     from assets.resources import NxResource
     from assets.retry import retry
 
-    instance = open_instance(NxResource(home=args.home).catalog)
+    catalog = NxResource(home=args.home).catalog
+    if not catalog.exists():  # nothing to retry, and opening its instance would create a data root
+        raise _input_error(f"NX_HOME {catalog.home!r}", "holds no catalog, so no runs",
+                           "point NX_HOME (or --home) at the data root the run wrote")
+    instance = open_instance(catalog)
     failed = 0
     for run_id in args.run_ids:
         print(f"nxd: retrying run {run_id} from its failure", file=sys.stderr, flush=True)

@@ -63,3 +63,15 @@ def set_config(folder: Path, **changes) -> None:
     cfg = json.loads(path.read_text())
     cfg.update(changes)
     path.write_text(json.dumps(cfg))
+
+
+CORPUS_LINE = "Paris is the capital of France. The cat sat on the mat. "
+
+
+def tiny_run_inputs(folder: Path, repeats: int = 120, n_layer: int = 2) -> tuple[Path, Path]:
+    """The inputs most run tests use: a checkpoint (`n_layer` layers, width 32, 4 heads) under
+    `folder/ckpt` and a one-sentence-pair corpus repeated `repeats` times at `folder/corpus.txt`."""
+    ckpt = build_checkpoint(folder / "ckpt", n_layer=n_layer, n_embd=32, n_head=4)
+    corpus = folder / "corpus.txt"
+    corpus.write_text(CORPUS_LINE * repeats)
+    return ckpt, corpus

@@ -13,16 +13,14 @@ from assets.llm import LLMResource
 from assets.resources import NxResource
 from nx_dagster.cli import main
 from nx_dagster.storage import Catalog
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import build_checkpoint, tiny_run_inputs
 
 RANGE = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "1"}
 
 
 @pytest.fixture()
 def setup(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 120)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 120)
     nx = NxResource(home=str(tmp_path / "home"), model=str(ckpt), corpus=str(corpus), seq_len=16, top_k=6,
                     random_k=5, quantile_k=2)
     return dg.DagsterInstance.ephemeral(), nx, tmp_path

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from dagster._core.events import DagsterEventType
 
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_YAML = ROOT / "deploy" / "dagster.yaml"
@@ -48,9 +48,7 @@ def test_runs_of_two_processes_share_one_postgres_instance_and_its_pools(pg_serv
     """Two `nxd run`s in separate processes and working directories record layers 0 and 1 at once. Both
     runs land in the PostgreSQL-backed history that a third process (this test) reads, and their
     `compute`-pool steps (limit 1) never overlap: the pool's slots are in the shared database."""
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 60)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 60)
     dagster_url = pg_server.create_database()
     env = _env(tmp_path, dagster_url, ckpt, corpus)
     workers = []

@@ -7,16 +7,14 @@ from assets.definitions import defs
 from assets.llm import LLMResource
 from assets.resources import NxResource
 from nx_dagster.storage import Catalog
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 from tests.llm_server import FakeLLMServer
 
 SECRET = "sk-test-secret-123"
 
 
 def test_llm_stages_over_http_and_rerun_is_free(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 60)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 60)
     nx = NxResource(home=str(tmp_path / "home"), model=str(ckpt), corpus=str(corpus), seq_len=16, top_k=8,
                     random_k=6, quantile_k=1)
     instance = dg.DagsterInstance.ephemeral()

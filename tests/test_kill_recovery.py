@@ -25,7 +25,7 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.cleanup import collect
 from nx_dagster.storage.schema import TABLES
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 300  # a rerun finishes well within this, or it is stuck (before the fix: forever)
@@ -110,9 +110,7 @@ def env_for(tmp: Path, name: str, ckpt: Path, corpus: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_rerun_after_kills_finishes_with_the_same_tables(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 120)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 120)
     clean_env = env_for(tmp_path, "clean", ckpt, corpus)
     env = env_for(tmp_path, "killed", ckpt, corpus)
     home = Path(env["NX_HOME"])

@@ -13,7 +13,7 @@ from assets.metadata import markdown_table
 from assets.resources import NxResource
 from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.storage import Catalog
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 
 RANGE = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "1"}
 COUNTS = {  # asset -> the catalog rows one layer partition holds
@@ -28,9 +28,7 @@ COUNTS = {  # asset -> the catalog rows one layer partition holds
 
 
 def test_each_partition_event_describes_its_own_layer(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 120)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 120)
     nx = NxResource(home=str(tmp_path / "home"), model=str(ckpt), corpus=str(corpus), seq_len=16, top_k=6,
                     random_k=5, quantile_k=2)
     instance = dg.DagsterInstance.ephemeral()

@@ -14,7 +14,7 @@ import sys
 import dagster as dg
 import pytest
 
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 from tests.test_kill_recovery import Nxd, _open, digests, env_for, step_started
 
 
@@ -26,9 +26,7 @@ def nxd(env: dict, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_killed_run_is_retried_from_its_failure(tmp_path):
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=2, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 120)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 120)
     clean_env = env_for(tmp_path, "clean", ckpt, corpus)
     env = env_for(tmp_path, "killed", ckpt, corpus)
     instance = _open(env["DAGSTER_HOME"])
@@ -60,4 +58,7 @@ def test_a_killed_run_is_retried_from_its_failure(tmp_path):
     assert again.returncode == 2 and "succeeded: there is nothing to retry" in again.stderr
     unknown = nxd(env, "retry", "0000-not-a-run")
     assert unknown.returncode == 2 and "is not in this data root's run history" in unknown.stderr
+    nowhere = nxd(env, "retry", "--home", str(tmp_path / "no-root"), killed_id)
+    assert nowhere.returncode == 2 and "holds no catalog" in nowhere.stderr
+    assert not (tmp_path / "no-root").exists()  # a bad --home creates nothing
     instance.dispose()

@@ -27,7 +27,7 @@ import pytest
 
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.schema import TABLES
-from tests.checkpoints import build_checkpoint
+from tests.checkpoints import tiny_run_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_YAML = ROOT / "deploy" / "dagster.yaml"
@@ -127,9 +127,7 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
                                                                                 monkeypatch):
     import uuid
 
-    ckpt = build_checkpoint(tmp_path / "ckpt", n_layer=N_LAYER, n_embd=32, n_head=4)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Paris is the capital of France. The cat sat on the mat. " * 24)
+    ckpt, corpus = tiny_run_inputs(tmp_path, 24, n_layer=N_LAYER)
     env = base_env(ckpt, corpus)
 
     # 1. the reference: one process, local data root, SQLite catalog, the root's own Dagster instance

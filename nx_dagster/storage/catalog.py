@@ -11,9 +11,11 @@ root can be moved, copied or mounted elsewhere (read-only too) and still answers
 A SQLite-backed DuckLake admits one committing process at a time; writers take an exclusive file lock
 around their commit and retry on "database is locked" (and on DuckLake's transaction conflicts, which is
 what concurrent writers to PostgreSQL see), so several processes can write partitions at once and all of
-them land. Readers need no lock. Waiting (for the lock, and retrying) is bounded by NX_CATALOG_WAIT_S
-(`wait_seconds`); past it a writer fails with `CatalogBusy`, which names that setting. A write that fails
-removes the data files it created (unless the catalog is shared with other machines: then `nxd gc`);
+them land. Each partition's Parquet file is written before the lock is taken (`data_files`), so the lock
+covers only the metadata transaction. Readers need no lock. Waiting (for the lock, SQLite's busy timeout,
+retrying) is bounded by NX_CATALOG_WAIT_S (`wait_seconds`); past it a writer fails with `CatalogBusy`,
+which names that setting. A write that fails removes the partition files it wrote, and the delete files
+its transaction wrote (unless the catalog is shared with other machines: then `nxd gc`);
 `cleanup.collect` (`nxd gc`) finds and removes files that no snapshot references.
 """
 
