@@ -24,10 +24,18 @@ class _OneLineFormatter(logging.Formatter):
         text = text.split("Stack Trace:", 1)[0]
         text = " ".join(line.strip() for line in text.splitlines() if line.strip())
         event = meta.get("dagster_event")
-        if event is not None and event.is_step_failure and event.step_failure_data.error is not None:
+        err = None
+        if event is not None and event.is_step_failure:
             err = event.step_failure_data.error
+        elif event is not None and event.is_run_failure:  # an error outside every step (executor, storage)
+            err = getattr(event.event_specific_data, "error", None)
+        if err is not None:
             first = err.message.strip().splitlines()[0] if err.message.strip() else err.cls_name
-            text = f"{text} {first.split(': ', 1)[-1] if err.cls_name in first else first}"
+            if err.cls_name and err.cls_name in first:  # "pkg.mod.Cls: what" -> "Cls: what" (or just "what")
+                rest = first.split(": ", 1)[-1]
+                plain = err.cls_name in NxInputError.kinds() or err.cls_name == "Failure"  # say it themselves
+                first = rest if plain else f"{err.cls_name}: {rest}"
+            text = f"{text} {first}"
         where = meta.get("step_key") or "run"
         return f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {where}: {text}"
 

@@ -81,6 +81,7 @@ def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
                            f"{host}, is running or cannot be checked from here)",
                            f"wait for it, or retry it on {host} once its process is gone")
     os.environ[_ENV] = parent.tags[RUN_TAG]
+    runs.ensure_pools(instance, runs.pools_of(run_job()))
     try:
         return dg.execute_job(
             dg.reconstructable(run_job), instance, run_config=parent.run_config,

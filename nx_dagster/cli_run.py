@@ -73,6 +73,7 @@ def cmd_run(args) -> int:
                              resources=resources, loggers={"console": console_logger}).resolve_job_def("nxd_run")
         # `nx/run` (the selection and settings) lets `nxd retry` rebuild this job for a re-execution
         tags = {**worker, **run_tag(selection, nx, llm), **kw.pop("tags", {})}
+        runs.ensure_pools(instance, runs.pools_of(job))  # not created inside the run: see runs.ensure_pools
         result = job.execute_in_process(run_config=kw.pop("run_config", run_config), instance=instance,
                                         raise_on_error=False, tags=tags, **kw)
         if not result.success:

@@ -9,11 +9,17 @@ failed through the instance (a PIPELINE_FAILURE event with reason UNEXPECTED_TER
 shows why) and frees the slots and pending steps of every run that holds some but is no longer
 running. Runs launched elsewhere (the UI, a daemon) carry no such tags and are left to the daemon's
 run monitoring (`run_monitoring` in dagster.yaml).
+
+`ensure_pools` creates the pools' default limits before a run starts. Dagster creates a pool on the first
+claim of a slot; on PostgreSQL two processes that claim a new pool at the same moment race on that
+insert, and the loser's transaction is aborted (InFailedSqlTransaction), which fails its whole run.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 
 import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
@@ -72,3 +78,40 @@ def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
                     freed.append(run_id)
                     log.warning("run %s: freed its concurrency slots (the run is not running)", run_id)
     return {"failed": failed, "freed": freed}
+
+
+def pools_of(job: dg.JobDefinition) -> set[str]:
+    """The concurrency pools that the ops of `job` claim slots in."""
+    return {op.pool for op in job.graph.iterate_op_defs() if op.pool}
+
+
+def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str], attempts: int = 6) -> list[str]:
+    """Give each pool in `pools` the instance's default limit (`concurrency.pools.default_limit`) unless it
+    has one already, so that no run has to create a pool while claiming its first slot. Returns the
+    pools this call initialized.
+
+    Several processes (machines) may call this at once: a creation that loses the race to another
+    process fails inside the database, and the next attempt finds the pool made. Pools with a limit set
+    by hand (`dagster instance concurrency set`) are left alone. Raises the database error after
+    `attempts` failed tries."""
+    from sqlalchemy.exc import DBAPIError
+
+    storage = instance.event_log_storage
+    default = instance.global_op_concurrency_default_limit
+    if not storage.supports_global_concurrency_limits or default is None:
+        return []
+    made = []
+    for key in sorted(set(pools)):
+        for attempt in range(attempts):
+            pool = next((p for p in storage.get_pool_limits() if p.name == key), None)
+            if pool is not None and not (pool.from_default and pool.limit != default):
+                break
+            try:
+                storage.initialize_concurrency_limit_to_default(key)
+                made.append(key)
+                break
+            except DBAPIError:  # another process created the pool in the meantime
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    return made

@@ -125,3 +125,40 @@ def test_bad_instance_storage_is_one_line_naming_the_setting(case, pg_server, tm
     expected = {"unset": "reads NX_DAGSTER_PG_URL, which is not set", "unreachable": "Connection refused",
                 "wrong_password": "password authentication failed", "no_database": 'database "no_such_db" does not exist'}
     assert expected[case] in message
+
+
+def test_pools_made_by_several_processes_at_once_have_one_limit_and_no_failed_run(pg_server, tmp_path, monkeypatch):
+    """Dagster creates a pool on a run's first claim; on PostgreSQL two processes that do so at one moment
+    collide and the loser's run fails (the CI failure of the test above: InFailedSqlTransaction).
+    `runs.ensure_pools` from four instances at once (a barrier starts them together), for 12 new pools:
+    no error, and each pool has the default limit and exactly that many slots."""
+    import threading
+
+    from nx_dagster import runs
+
+    env = _env(tmp_path, pg_server.create_database(), tmp_path, tmp_path)
+    monkeypatch.setenv("NX_DAGSTER_PG_URL", env["NX_DAGSTER_PG_URL"])
+    instances = [_instance(env["DAGSTER_HOME"]) for _ in range(4)]
+    for inst in instances:
+        inst.get_runs(limit=1)
+    errors = []
+    for k in range(12):
+        barrier = threading.Barrier(len(instances))
+
+        def make(inst, key=f"pool{k}", barrier=barrier):
+            barrier.wait()
+            try:
+                runs.ensure_pools(inst, [key])
+            except Exception as e:  # noqa: BLE001  (collected and asserted below)
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=make, args=(inst,)) for inst in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        info = instances[0].event_log_storage.get_concurrency_info(f"pool{k}")
+        assert (info.limit, info.slot_count) == (1, 1), k
+    assert not errors, errors[:2]
+    for inst in instances:
+        inst.dispose()
