@@ -12,7 +12,9 @@ run monitoring (`run_monitoring` in dagster.yaml).
 
 `ensure_pools` creates the pools' default limits before a run starts. Dagster creates a pool on the first
 claim of a slot; on PostgreSQL two processes that claim a new pool at the same moment race on that
-insert, and the loser's transaction is aborted (InFailedSqlTransaction), which fails its whole run.
+insert, and the loser's transaction is aborted (InFailedSqlTransaction), which fails its whole run; the
+same error fails every run once the instance's default limit differs from the pool's
+(dagster-io/dagster#33552, open).
 """
 
 from __future__ import annotations
@@ -110,7 +112,18 @@ def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str], attempts: i
                 storage.initialize_concurrency_limit_to_default(key)
                 made.append(key)
                 break
-            except DBAPIError:  # another process created the pool in the meantime
+            except DBAPIError:
+                pool = next((p for p in storage.get_pool_limits() if p.name == key), None)
+                if pool is not None and pool.limit == default:
+                    break  # another process created the pool in the meantime
+                if pool is not None and pool.from_default:
+                    # the default changed since the pool was made: on PostgreSQL Dagster cannot update a
+                    # default pool (dagster-io/dagster#33552), so the pool gets the new limit as its own
+                    storage.set_concurrency_slots(key, default)
+                    log.warning("pool %s: limit %d -> %d (concurrency.pools.default_limit), now set on the "
+                                "pool itself", key, pool.limit, default)
+                    made.append(key)
+                    break
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))

@@ -162,3 +162,15 @@ def test_pools_made_by_several_processes_at_once_have_one_limit_and_no_failed_ru
     assert not errors, errors[:2]
     for inst in instances:
         inst.dispose()
+
+    # the instance's default limit changed since the pools were made: Dagster alone fails every run that
+    # claims such a pool on PostgreSQL (dagster-io/dagster#33552); ensure_pools gives them the new limit
+    yaml = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+    yaml.write_text(yaml.read_text().replace("default_limit: 1", "default_limit: 2"))
+    with _instance(env["DAGSTER_HOME"]) as inst:
+        assert inst.global_op_concurrency_default_limit == 2
+        assert runs.ensure_pools(inst, ["pool0", "pool1"]) == ["pool0", "pool1"]
+        for key in ("pool0", "pool1"):
+            info = inst.event_log_storage.get_concurrency_info(key)
+            assert (info.limit, info.slot_count) == (2, 2), key
+        assert runs.ensure_pools(inst, ["pool0"]) == []  # nothing left to do
