@@ -83,9 +83,11 @@ def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
     os.environ[_ENV] = parent.tags[RUN_TAG]
     runs.ensure_pools(instance, runs.pools_of(run_job()))
     try:
-        return dg.execute_job(
-            dg.reconstructable(run_job), instance, run_config=parent.run_config,
-            tags={**{k: v for k, v in parent.tags.items() if not k.startswith(runs.TAG_PREFIX)}, **runs.worker_tags()},
-            reexecution_options=ReexecutionOptions.from_failure(run_id, instance), raise_on_error=False)
+        with runs.Heartbeat(instance):
+            return dg.execute_job(
+                dg.reconstructable(run_job), instance, run_config=parent.run_config,
+                tags={**{k: v for k, v in parent.tags.items() if not k.startswith(runs.TAG_PREFIX)},
+                      **runs.worker_tags()},
+                reexecution_options=ReexecutionOptions.from_failure(run_id, instance), raise_on_error=False)
     finally:
         os.environ.pop(_ENV, None)

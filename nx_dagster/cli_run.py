@@ -61,7 +61,6 @@ def cmd_run(args) -> int:
     from nx_dagster import runs
 
     runs.sweep(instance)  # a killed earlier run must not hold its pool slot: fail it, free its slots
-    worker = runs.worker_tags()
     resources = {"nx": nx, "llm": llm}
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -72,7 +71,7 @@ def cmd_run(args) -> int:
         job = dg.Definitions(jobs=[dg.define_asset_job("nxd_run", selection=selection)], assets=all_assets,
                              resources=resources, loggers={"console": console_logger}).resolve_job_def("nxd_run")
         # `nx/run` (the selection and settings) lets `nxd retry` rebuild this job for a re-execution
-        tags = {**worker, **run_tag(selection, nx, llm), **kw.pop("tags", {})}
+        tags = {**runs.worker_tags(), **run_tag(selection, nx, llm), **kw.pop("tags", {})}
         runs.ensure_pools(instance, runs.pools_of(job))  # not created inside the run: see runs.ensure_pools
         result = job.execute_in_process(run_config=kw.pop("run_config", run_config), instance=instance,
                                         raise_on_error=False, tags=tags, **kw)
@@ -84,36 +83,37 @@ def cmd_run(args) -> int:
                              f"`nxd retry {result.run_id}` re-executes it from its failure")
         print(f"nxd: done {label} (run {result.run_id})", file=sys.stderr, flush=True)
 
-    if "activations" in stages:
-        run(["model", "sequences"])
-        cfgs = dict(run_config)
-        if neurons:
-            cfgs["ops"] = {"activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}}}
-        # one pass over the corpus per layer range: every variant, and the fix impact (all layers) in the first
-        fix = ["gelu_fix_impact"] if set(variants) == {"pre_fix", "post_fix"} else []
-        for i, rng in enumerate(contiguous_runs(layer_list)):
-            run([f"{v}/activations" for v in variants] + (fix if i == 0 else []), run_config=cfgs,
-                tags={"dagster/asset_partition_range_start": str(rng.start),
-                      "dagster/asset_partition_range_end": str(rng.stop - 1)})
-    if "activations" not in stages:
-        run(["model"])  # registers the layer partitions; cheap
-    shard_cfg = {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} if neurons else None
+    with runs.Heartbeat(instance):  # stamps our runs; gives back the slots of workers that die meanwhile
+        if "activations" in stages:
+            run(["model", "sequences"])
+            cfgs = dict(run_config)
+            if neurons:
+                cfgs["ops"] = {"activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}}}
+            # one pass over the corpus per layer range: every variant, and the fix impact (all layers) in the first
+            fix = ["gelu_fix_impact"] if set(variants) == {"pre_fix", "post_fix"} else []
+            for i, rng in enumerate(contiguous_runs(layer_list)):
+                run([f"{v}/activations" for v in variants] + (fix if i == 0 else []), run_config=cfgs,
+                    tags={"dagster/asset_partition_range_start": str(rng.start),
+                          "dagster/asset_partition_range_end": str(rng.stop - 1)})
+        if "activations" not in stages:
+            run(["model"])  # registers the layer partitions; cheap
+        shard_cfg = {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}} if neurons else None
 
-    def per_layers(keys: list[str]) -> None:
-        cfgs = dict(run_config)
-        if shard_cfg:
-            cfgs["ops"] = {k.replace("/", "__"): shard_cfg for k in keys if k != "connections"}
-        for rng in contiguous_runs(layer_list):
-            run(keys, run_config=cfgs, tags={"dagster/asset_partition_range_start": str(rng.start),
-                                             "dagster/asset_partition_range_end": str(rng.stop - 1)})
+        def per_layers(keys: list[str]) -> None:
+            cfgs = dict(run_config)
+            if shard_cfg:
+                cfgs["ops"] = {k.replace("/", "__"): shard_cfg for k in keys if k != "connections"}
+            for rng in contiguous_runs(layer_list):
+                run(keys, run_config=cfgs, tags={"dagster/asset_partition_range_start": str(rng.start),
+                                                 "dagster/asset_partition_range_end": str(rng.stop - 1)})
 
-    if "connections" in stages:
-        per_layers(["connections"])
-    if "explanations" in stages:
-        per_layers([f"{v}/explanations" for v in variants])
-    if "scores" in stages:
-        cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
-        per_layers([f"{v}/scores" for v in variants] + cross)
+        if "connections" in stages:
+            per_layers(["connections"])
+        if "explanations" in stages:
+            per_layers([f"{v}/explanations" for v in variants])
+        if "scores" in stages:
+            cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
+            per_layers([f"{v}/scores" for v in variants] + cross)
     return 0
 
 

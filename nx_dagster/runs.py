@@ -10,6 +10,12 @@ shows why) and frees the slots and pending steps of every run that holds some bu
 running. Runs launched elsewhere (the UI, a daemon) carry no such tags and are left to the daemon's
 run monitoring (`run_monitoring` in dagster.yaml).
 
+A process on another host cannot be looked up, so while `nxd` runs, a `Heartbeat` thread stamps its
+unfinished runs every NX_WORKER_BEAT_S seconds (tag `nx/worker_beat`, Unix time); a run of another host
+whose stamp is older than NX_WORKER_STALE_S is taken for dead (the hosts' clocks are assumed to agree
+to well within that: NTP). The same thread sweeps on every beat, so a worker that waits for a pool slot
+held by a worker that died meanwhile (on any host) gets the slot, instead of waiting forever.
+
 `ensure_pools` creates the pools' default limits before a run starts. Dagster creates a pool on the first
 claim of a slot; on PostgreSQL two processes that claim a new pool at the same moment race on that
 insert, and the loser's transaction is aborted (InFailedSqlTransaction), which fails its whole run; the
@@ -20,6 +26,8 @@ same error fails every run once the instance's default limit differs from the po
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable
 
@@ -28,23 +36,63 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nx_dagster import procs
+from nx_dagster.errors import NxInputError
 
 log = logging.getLogger(__name__)
 TAG_PREFIX = "nx/worker_"  # nx/worker_host, nx/worker_pid, nx/worker_start
 
 
+BEAT_TAG = TAG_PREFIX + "beat"
+DEFAULT_BEAT_S, DEFAULT_STALE_S = 10.0, 120.0
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise NxInputError(f"{name} {raw!r}", "is not a number of seconds > 0",
+                           f"set it to e.g. {default:g} (the default), or unset it")
+    return value
+
+
+def beat_seconds() -> float:
+    """NX_WORKER_BEAT_S: seconds between two heartbeats (and sweeps) of a running `nxd`; default 10."""
+    return _seconds("NX_WORKER_BEAT_S", DEFAULT_BEAT_S)
+
+
+def stale_seconds() -> float:
+    """NX_WORKER_STALE_S: a run of another host whose last heartbeat is older than this is dead; default 120.
+    Raises NxInputError when it is not more than twice NX_WORKER_BEAT_S (a live worker would look dead)."""
+    stale, beat = _seconds("NX_WORKER_STALE_S", DEFAULT_STALE_S), beat_seconds()
+    if stale <= 2 * beat:
+        raise NxInputError(f"NX_WORKER_STALE_S {stale:g}", f"is not more than twice NX_WORKER_BEAT_S ({beat:g})",
+                           "give it several heartbeats, e.g. 12 times NX_WORKER_BEAT_S")
+    return stale
+
+
 def worker_tags() -> dict[str, str]:
-    """Run tags that identify this process (host, pid, kernel start time)."""
-    return {TAG_PREFIX + k: v for k, v in procs.identity().items()}
+    """Run tags that identify this process (host, pid, kernel start time) and its first heartbeat (now):
+    call it for each run, when the run starts."""
+    return {**{TAG_PREFIX + k: v for k, v in procs.identity().items()}, BEAT_TAG: f"{time.time():.3f}"}
 
 
-def _worker_gone(run: dg.DagsterRun) -> bool:
+def _worker_gone(record, now: float, stale_s: float) -> bool:
+    run = record.dagster_run
     tags = run.tags
     if TAG_PREFIX + "pid" not in tags:
         return False  # not launched by nxd: its own launcher/daemon watches it
     alive = procs.is_alive(tags.get(TAG_PREFIX + "host", ""), tags[TAG_PREFIX + "pid"],
                            tags.get(TAG_PREFIX + "start", ""))
-    return alive is False
+    if alive is not None:
+        return alive is False
+    try:  # another host: its heartbeat (runs of an nxd without one: the time the run was created)
+        beat = float(tags[BEAT_TAG])
+    except (KeyError, ValueError):
+        beat = record.create_timestamp.timestamp()
+    return now - beat > stale_s
 
 
 def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
@@ -54,13 +102,18 @@ def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     Safe while other `nxd run`s are live on the same instance: their processes exist, so their runs
     and slots are left alone."""
     failed = []
+    now, stale_s = time.time(), stale_seconds()
     for record in instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
         run = record.dagster_run
-        if not _worker_gone(run):
+        if not _worker_gone(record, now, stale_s):
             continue
-        pid = run.tags[TAG_PREFIX + "pid"]
-        message = (f"The process that ran this run (pid {pid} on {run.tags.get(TAG_PREFIX + 'host')}) is gone "
-                   "(killed or crashed); marked failed by the next `nxd run`.")
+        if instance.get_run_by_id(run.run_id).status not in NOT_FINISHED_STATUSES:
+            continue  # another process's sweep got there first
+        pid, host = run.tags[TAG_PREFIX + "pid"], run.tags.get(TAG_PREFIX + "host")
+        how = ("is gone" if host == procs.identity()["host"]
+               else f"has not been heard from for over {stale_s:g} s (NX_WORKER_STALE_S)")
+        message = (f"The process that ran this run (pid {pid} on {host}) {how} (killed or crashed); "
+                   "marked failed by another `nxd` process.")
         instance.report_run_failed(run, message, JobFailureData(
             error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION))
         failed.append(run.run_id)
@@ -80,6 +133,48 @@ def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
                     freed.append(run_id)
                     log.warning("run %s: freed its concurrency slots (the run is not running)", run_id)
     return {"failed": failed, "freed": freed}
+
+
+class Heartbeat:
+    """While the `with` block runs: every NX_WORKER_BEAT_S seconds, stamp this process's unfinished runs
+    (`nx/worker_beat`, so that other hosts can tell it lives) and `sweep` (so that a slot held by a
+    worker that died is given back while this process waits for it). Runs in a daemon thread on an
+    instance of its own (opened from `instance`'s ref); an error in a beat is logged and the next beat
+    tries again: the runs themselves go on."""
+
+    def __init__(self, instance: dg.DagsterInstance, every: float | None = None):
+        self._ref = instance.get_ref()
+        self.every = beat_seconds() if every is None else every
+        stale_seconds()  # a bad setting fails now, with its one line, not in the thread
+        self._me = {TAG_PREFIX + k: v for k, v in procs.identity().items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nxd-heartbeat", daemon=True)
+        self.beats = 0
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        with dg.DagsterInstance.from_ref(self._ref) as instance:
+            while not self._stop.wait(self.every):
+                try:
+                    self.beat(instance)
+                    sweep(instance)
+                except Exception as e:  # noqa: BLE001  (a missed beat is logged; the next one retries)
+                    log.warning("heartbeat: %s: %s (retrying in %g s)", type(e).__name__, e, self.every)
+
+    def beat(self, instance: dg.DagsterInstance) -> int:
+        """Stamp this process's unfinished runs with the time now; returns how many."""
+        records = instance.get_run_records(dg.RunsFilter(tags=self._me, statuses=NOT_FINISHED_STATUSES))
+        for record in records:
+            instance.add_run_tags(record.dagster_run.run_id, {BEAT_TAG: f"{time.time():.3f}"})
+        self.beats += 1
+        return len(records)
 
 
 def pools_of(job: dg.JobDefinition) -> set[str]:
