@@ -96,8 +96,9 @@ def _worker_gone(record, now: float, stale_s: float) -> bool:
 
 
 def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
-    """Fail the unfinished runs whose `nxd` process is gone and free the concurrency slots of every
-    run that is not running any more. Returns {"failed": run ids, "freed": run ids}.
+    """Fail the unfinished runs whose `nxd` process is gone (this host) or has not stamped them for
+    NX_WORKER_STALE_S (another host), and free the concurrency slots of every run that is not running
+    any more. Returns {"failed": run ids, "freed": run ids}.
 
     Safe while other `nxd run`s are live on the same instance: their processes exist, so their runs
     and slots are left alone."""
