@@ -26,7 +26,6 @@ same error fails every run once the instance's default limit differs from the po
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
 from nx_dagster import procs
-from nx_dagster.errors import NxInputError
+from nx_dagster.errors import NxInputError, env_seconds
 
 log = logging.getLogger(__name__)
 TAG_PREFIX = "nx/worker_"  # nx/worker_host, nx/worker_pid, nx/worker_start
@@ -46,53 +45,45 @@ BEAT_TAG = TAG_PREFIX + "beat"
 DEFAULT_BEAT_S, DEFAULT_STALE_S = 10.0, 120.0
 
 
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw.strip() else default
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise NxInputError(f"{name} {raw!r}", "is not a number of seconds > 0",
-                           f"set it to e.g. {default:g} (the default), or unset it")
-    return value
-
-
 def beat_seconds() -> float:
     """NX_WORKER_BEAT_S: seconds between two heartbeats (and sweeps) of a running `nxd`; default 10."""
-    return _seconds("NX_WORKER_BEAT_S", DEFAULT_BEAT_S)
+    return env_seconds("NX_WORKER_BEAT_S", DEFAULT_BEAT_S)
 
 
 def stale_seconds() -> float:
     """NX_WORKER_STALE_S: a run of another host whose last heartbeat is older than this is dead; default 120.
     Raises NxInputError when it is not more than twice NX_WORKER_BEAT_S (a live worker would look dead)."""
-    stale, beat = _seconds("NX_WORKER_STALE_S", DEFAULT_STALE_S), beat_seconds()
+    stale, beat = env_seconds("NX_WORKER_STALE_S", DEFAULT_STALE_S), beat_seconds()
     if stale <= 2 * beat:
         raise NxInputError(f"NX_WORKER_STALE_S {stale:g}", f"is not more than twice NX_WORKER_BEAT_S ({beat:g})",
                            "give it several heartbeats, e.g. 12 times NX_WORKER_BEAT_S")
     return stale
 
 
+def _identity_tags() -> dict[str, str]:
+    return {TAG_PREFIX + k: v for k, v in procs.identity().items()}
+
+
 def worker_tags() -> dict[str, str]:
     """Run tags that identify this process (host, pid, kernel start time) and its first heartbeat (now):
     call it for each run, when the run starts."""
-    return {**{TAG_PREFIX + k: v for k, v in procs.identity().items()}, BEAT_TAG: f"{time.time():.3f}"}
+    return {**_identity_tags(), BEAT_TAG: f"{time.time():.3f}"}
 
 
-def _worker_gone(record, now: float, stale_s: float) -> bool:
-    run = record.dagster_run
-    tags = run.tags
+def _why_gone(record, now: float, stale_s: float) -> str | None:
+    """Why the `nxd` process of this unfinished run is taken for dead, or None while it may live."""
+    tags = record.dagster_run.tags
     if TAG_PREFIX + "pid" not in tags:
-        return False  # not launched by nxd: its own launcher/daemon watches it
+        return None  # not launched by nxd: its own launcher/daemon watches it
     alive = procs.is_alive(tags.get(TAG_PREFIX + "host", ""), tags[TAG_PREFIX + "pid"],
                            tags.get(TAG_PREFIX + "start", ""))
     if alive is not None:
-        return alive is False
+        return None if alive else "is gone"
     try:  # another host: its heartbeat (runs of an nxd without one: the time the run was created)
         beat = float(tags[BEAT_TAG])
     except (KeyError, ValueError):
         beat = record.create_timestamp.timestamp()
-    return now - beat > stale_s
+    return f"has not been heard from for over {stale_s:g} s (NX_WORKER_STALE_S)" if now - beat > stale_s else None
 
 
 def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
@@ -106,13 +97,10 @@ def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     now, stale_s = time.time(), stale_seconds()
     for record in instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
         run = record.dagster_run
-        if not _worker_gone(record, now, stale_s):
-            continue
-        if instance.get_run_by_id(run.run_id).status not in NOT_FINISHED_STATUSES:
-            continue  # another process's sweep got there first
+        how = _why_gone(record, now, stale_s)
+        if how is None or instance.get_run_by_id(run.run_id).status not in NOT_FINISHED_STATUSES:
+            continue  # alive, or another process's sweep got there first
         pid, host = run.tags[TAG_PREFIX + "pid"], run.tags.get(TAG_PREFIX + "host")
-        how = ("is gone" if host == procs.identity()["host"]
-               else f"has not been heard from for over {stale_s:g} s (NX_WORKER_STALE_S)")
         message = (f"The process that ran this run (pid {pid} on {host}) {how} (killed or crashed); "
                    "marked failed by another `nxd` process.")
         instance.report_run_failed(run, message, JobFailureData(
@@ -143,11 +131,11 @@ class Heartbeat:
     instance of its own (opened from `instance`'s ref); an error in a beat is logged and the next beat
     tries again: the runs themselves go on."""
 
-    def __init__(self, instance: dg.DagsterInstance, every: float | None = None):
+    def __init__(self, instance: dg.DagsterInstance):
         self._ref = instance.get_ref()
-        self.every = beat_seconds() if every is None else every
+        self.every = beat_seconds()
         stale_seconds()  # a bad setting fails now, with its one line, not in the thread
-        self._me = {TAG_PREFIX + k: v for k, v in procs.identity().items()}
+        self._me = _identity_tags()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nxd-heartbeat", daemon=True)
         self.beats = 0
@@ -169,18 +157,20 @@ class Heartbeat:
                 except Exception as e:  # noqa: BLE001  (a missed beat is logged; the next one retries)
                     log.warning("heartbeat: %s: %s (retrying in %g s)", type(e).__name__, e, self.every)
 
-    def beat(self, instance: dg.DagsterInstance) -> int:
-        """Stamp this process's unfinished runs with the time now; returns how many."""
-        records = instance.get_run_records(dg.RunsFilter(tags=self._me, statuses=NOT_FINISHED_STATUSES))
-        for record in records:
+    def beat(self, instance: dg.DagsterInstance) -> None:
+        """Stamp this process's unfinished runs with the time now."""
+        for record in instance.get_run_records(dg.RunsFilter(tags=self._me, statuses=NOT_FINISHED_STATUSES)):
             instance.add_run_tags(record.dagster_run.run_id, {BEAT_TAG: f"{time.time():.3f}"})
         self.beats += 1
-        return len(records)
 
 
 def pools_of(job: dg.JobDefinition) -> set[str]:
     """The concurrency pools that the ops of `job` claim slots in."""
     return {op.pool for op in job.graph.iterate_op_defs() if op.pool}
+
+
+def _pool(storage, key: str):
+    return next((p for p in storage.get_pool_limits() if p.name == key), None)
 
 
 def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str], attempts: int = 6) -> list[str]:
@@ -201,7 +191,7 @@ def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str], attempts: i
     made = []
     for key in sorted(set(pools)):
         for attempt in range(attempts):
-            pool = next((p for p in storage.get_pool_limits() if p.name == key), None)
+            pool = _pool(storage, key)
             if pool is not None and not (pool.from_default and pool.limit != default):
                 break
             try:
@@ -209,7 +199,7 @@ def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str], attempts: i
                 made.append(key)
                 break
             except DBAPIError:
-                pool = next((p for p in storage.get_pool_limits() if p.name == key), None)
+                pool = _pool(storage, key)
                 if pool is not None and pool.limit == default:
                     break  # another process created the pool in the meantime
                 if pool is not None and pool.from_default:

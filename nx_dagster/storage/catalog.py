@@ -38,7 +38,7 @@ import filelock
 import pyarrow as pa
 
 from nx_dagster import procs
-from nx_dagster.errors import NxInputError
+from nx_dagster.errors import NxInputError, env_seconds
 from nx_dagster.storage import attach, cleanup, data_files
 from nx_dagster.storage.attach import ALIAS
 from nx_dagster.storage.location import DEFAULT_HOME, Location, home_from_env  # noqa: F401 - re-exported
@@ -58,15 +58,7 @@ class DiskFull(NxInputError):
 
 def wait_seconds() -> float:
     """NX_CATALOG_WAIT_S: how long a writer waits for its turn (lock + retries), in seconds."""
-    raw = os.environ.get("NX_CATALOG_WAIT_S", "")
-    try:
-        value = float(raw) if raw.strip() else DEFAULT_WAIT_S
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise NxInputError(f"NX_CATALOG_WAIT_S {raw!r}", "is not a number of seconds >= 0",
-                           f"set it to e.g. {DEFAULT_WAIT_S:g} (the default), or unset it")
-    return value
+    return env_seconds("NX_CATALOG_WAIT_S", DEFAULT_WAIT_S, allow_zero=True)
 
 
 def _is_disk_full(e: BaseException) -> bool:
