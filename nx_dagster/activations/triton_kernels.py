@@ -7,12 +7,18 @@ the CPU). Both kernels take one program per neuron and read the neuron-major act
 
 * `layer_stats`: one pass over the neuron's [B, T] block: per-sequence maxima (NaN if the sequence
   has a NaN, as torch.amax), the four power sums of (x − shift) for the moments (float32 within a
-  block of sequences, float64 across blocks), the running maximum, and the sketch bucket of each
-  maximum counted into the neuron's histogram (bucket search as `cpu_kernel._bucket`).
+  sequence, float64 across sequences), the running maximum, and the sketch bucket of each maximum
+  counted into the neuron's histogram (bucket search as `cpu_kernel._bucket`). Sums and maxima are
+  kept per row of the block and reduced across rows once, after the loop: at the usual sequence
+  lengths a row's reductions stay within one warp, so the loop has no block-wide barrier but the
+  one that hands the maxima to the bucket search; the counts are relaxed atomics (an acquire-release atomic fences and drops the L1
+  cache on every step).
 * `merge`: the keys of `keys.py` for the top, random and quantile-bin stores from the maxima; a key
   is a candidate only if it beats its store row's floor (its current k-th key), and a row then takes
-  its candidates best first, each in place of the row's smallest key while it beats it. After the
-  first batches almost no key beats a floor, so a row usually costs one comparison per sequence.
+  its candidates best first, each in place of the row's smallest key while it beats it (one
+  value-and-index reduction per side); the activations of the new keys are copied after that, in
+  one [K, T] gather. After the first batches almost no key beats a floor, so a row usually costs one
+  comparison per sequence.
 
 With unique keys the stores end with exactly the keys (and copied activations) of every other path.
 """
@@ -37,12 +43,13 @@ def layer_stats(nbt, shift, sums, vmax, counts, seq_max, edges, guess, B, T, N_B
     n_neurons = tl.num_programs(0)
     c = tl.load(shift + n)
     cols = tl.arange(0, BLOCK_T)
-    s1 = tl.zeros((), tl.float64)
-    s2 = tl.zeros((), tl.float64)
-    s3 = tl.zeros((), tl.float64)
-    s4 = tl.zeros((), tl.float64)
-    top = tl.load(vmax + n)
-    seen_nan = top != top
+    # per-row accumulators, reduced across rows once at the end (a row's reductions stay in a warp)
+    s1 = tl.zeros((BLOCK_B,), tl.float64)
+    s2 = tl.zeros((BLOCK_B,), tl.float64)
+    s3 = tl.zeros((BLOCK_B,), tl.float64)
+    s4 = tl.zeros((BLOCK_B,), tl.float64)
+    hi = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+    nans = tl.zeros((BLOCK_B,), tl.int32)
     for b0 in range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         in_b = rows < B
@@ -54,12 +61,12 @@ def layer_stats(nbt, shift, sums, vmax, counts, seq_max, edges, guess, B, T, N_B
         tl.store(seq_max + n * B + rows, m, mask=in_b)
         y = tl.where(mask, x - c, 0.0)
         y2 = y * y
-        s1 += tl.sum(tl.sum(y, axis=1), axis=0).to(tl.float64)
-        s2 += tl.sum(tl.sum(y2, axis=1), axis=0).to(tl.float64)
-        s3 += tl.sum(tl.sum(y2 * y, axis=1), axis=0).to(tl.float64)
-        s4 += tl.sum(tl.sum(y2 * y2, axis=1), axis=0).to(tl.float64)
-        seen_nan = seen_nan | (tl.max((in_b & has_nan).to(tl.int32), axis=0) > 0)
-        top = tl.maximum(top, tl.max(tl.where(in_b & ~has_nan, m, float("-inf")), axis=0).to(tl.float64))
+        s1 += tl.sum(y, axis=1).to(tl.float64)
+        s2 += tl.sum(y2, axis=1).to(tl.float64)
+        s3 += tl.sum(y2 * y, axis=1).to(tl.float64)
+        s4 += tl.sum(y2 * y2, axis=1).to(tl.float64)
+        nans = tl.maximum(nans, (in_b & has_nan).to(tl.int32))
+        hi = tl.maximum(hi, tl.where(in_b & ~has_nan, m, float("-inf")))
         # bucket: a guess from the float's top 16 bits (a cell spans < 1%, a bucket 2%: the answer is
         # the guess or a neighbour), then checked against the exact float64 edges
         bits = m.to(tl.int32, bitcast=True)
@@ -69,11 +76,14 @@ def layer_stats(nbt, shift, sums, vmax, counts, seq_max, edges, guess, B, T, N_B
             g += ((g < N_BUCKETS - 1) & (v > tl.load(edges + g, mask=in_b, other=0.0))).to(tl.int32)
         for _ in tl.static_range(2):
             g -= ((g > 0) & (v <= tl.load(edges + tl.maximum(g - 1, 0), mask=in_b, other=0.0))).to(tl.int32)
-        tl.atomic_add(counts + n * N_BUCKETS + g, 1, mask=in_b)
-    tl.store(sums + n, tl.load(sums + n) + s1)
-    tl.store(sums + n_neurons + n, tl.load(sums + n_neurons + n) + s2)
-    tl.store(sums + 2 * n_neurons + n, tl.load(sums + 2 * n_neurons + n) + s3)
-    tl.store(sums + 3 * n_neurons + n, tl.load(sums + 3 * n_neurons + n) + s4)
+        tl.atomic_add(counts + n * N_BUCKETS + g, 1, mask=in_b, sem="relaxed")
+    tl.store(sums + n, tl.load(sums + n) + tl.sum(s1, axis=0))
+    tl.store(sums + n_neurons + n, tl.load(sums + n_neurons + n) + tl.sum(s2, axis=0))
+    tl.store(sums + 2 * n_neurons + n, tl.load(sums + 2 * n_neurons + n) + tl.sum(s3, axis=0))
+    tl.store(sums + 3 * n_neurons + n, tl.load(sums + 3 * n_neurons + n) + tl.sum(s4, axis=0))
+    top = tl.load(vmax + n)
+    seen_nan = (top != top) | (tl.max(nans, axis=0) > 0)  # (tl.maximum drops a NaN)
+    top = tl.maximum(top, tl.max(hi, axis=0).to(tl.float64))
     tl.store(vmax + n, tl.where(seen_nan, float("nan"), top))
 
 
@@ -97,17 +107,20 @@ def _merge_row(keys, acts, floor, row, K, cand, src, T,
         kk = tl.arange(0, BLOCK_K)
         row_keys = tl.load(keys + row * K + kk, mask=kk < K, other=KEY_MAX)
         bb = tl.arange(0, BLOCK_B)
-        t = tl.arange(0, BLOCK_T)
+        taken = tl.full((BLOCK_K,), -1, tl.int32)  # the batch row whose activations each slot takes
         for _ in range(n_new):  # best candidate first; each replaces the smallest key it beats
-            best = tl.max(c, axis=0)
-            b = tl.min(tl.where(c == best, bb, BLOCK_B), axis=0)
-            low = tl.min(row_keys, axis=0)
-            slot = tl.min(tl.where(row_keys == low, kk, BLOCK_K), axis=0)
-            take = best > low
-            row_keys = tl.where((kk == slot) & take, best, row_keys)
-            x = tl.load(src + b * T + t, mask=t < T)
-            tl.store(acts + (row * K + slot) * T + t, x.to(tl.float32), mask=t < tl.where(take, T, 0))
+            best, b = tl.max(c, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            low, slot = tl.min(row_keys, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            put = (kk == slot) & (best > low)
+            row_keys = tl.where(put, best, row_keys)
+            taken = tl.where(put, b, taken)
             c = tl.where(bb == b, EMPTY, c)
+        # a slot takes at most one key per batch (a later candidate is below every earlier one), so
+        # the activations are copied once, after the keys: one [K, T] gather
+        t = tl.arange(0, BLOCK_T)
+        copy = (taken >= 0)[:, None] & (t < T)[None, :]
+        x = tl.load(src + taken[:, None].to(tl.int64) * T + t[None, :], mask=copy)
+        tl.store(acts + (row * K + kk[:, None]) * T + t[None, :], x.to(tl.float32), mask=copy)
         tl.store(keys + row * K + kk, row_keys, mask=kk < K)
         tl.store(floor + row, tl.min(row_keys, axis=0))
 
