@@ -102,8 +102,8 @@ def time_pair(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=Non
 
 def time_passes(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=None) -> dict:
     """On a GPU: whole passes, synchronized only at their ends, so queued batches overlap as they do
-    in a real run: the bare forward, the recording (recorder creation, steps, `finish` to host
-    memory), and with `hf` transformers' bare forward and the naive peer (`peers.NaivePeer`).
+    in a real run: the bare forward, the same forward with the MLP neuron-major (the recorder's
+    layout), the recording (recorder creation, steps, `finish` to host memory), and with `hf` transformers' bare forward and the naive peer (`peers.NaivePeer`).
     Sequence ids stay on the host, as the corpus reader hands them over; token ids on the device."""
     layers = list(range(model.config.n_layer))
     settings = RecorderSettings(batch_size=len(data[0][0]))
@@ -113,7 +113,11 @@ def time_passes(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=N
         for _, ids in data:
             model(ids, "post_fix", layers=model.config.n_layer, logits=False)
 
-    runs = {"bare": bare}
+    def bare_neuron_major():  # the recorder's own forward without the recorder: what its layout costs
+        for _, ids in data:
+            model(ids, "post_fix", layers=model.config.n_layer, logits=False, neuron_major=True)
+
+    runs = {"bare": bare, "bare_nm": bare_neuron_major}
 
     def recording():
         rec = Recorder(model, "post_fix", layers, seq_len, settings)
@@ -148,7 +152,7 @@ def time_passes(model: GPT2, data, seq_len: int, repeats: int, device: str, hf=N
     ratios = [r / b for r, b in zip(secs["record"], secs["bare"])]
     out = {"tokens": tokens, "bare_s": med["bare"], "record_s": med["record"], "finish_s": float("nan"),
            "ratio": statistics.median(ratios), "ratios": ratios, "bare_tok_s": tokens / med["bare"],
-           "record_tok_s": tokens / med["record"]}
+           "record_tok_s": tokens / med["record"], "bare_nm_tok_s": tokens / med["bare_nm"]}
     if hf is not None:
         out["hf_tok_s"], out["peer_tok_s"] = tokens / med["hf"], tokens / med["peer"]
     return out
@@ -231,6 +235,9 @@ def main() -> None:
               f"recording {r['record_s']:.3f}s ({r['record_tok_s']:,.0f} tok/s, finish {r['finish_s']:.3f}s) | "
               f"ratio {r['ratio']:.3f}x (median of {args.repeats}: {', '.join(f'{x:.3f}' for x in r['ratios'])}) "
               f"| recorder: {recorder_kind(args.device)}")
+        if "bare_nm_tok_s" in r:
+            print(f"{name}: our bare forward with the MLP neuron-major (the recorder's layout, no recording) "
+                  f"{r['bare_nm_tok_s']:,.0f} tok/s: {r['bare_tok_s'] / r['bare_nm_tok_s']:.3f}x the bare pass's time")
         if hf is not None:
             print(f"{name}: transformers GPT2Model forward (same weights) {r['hf_tok_s']:,.0f} tok/s: "
                   f"recording runs at {r['record_tok_s'] / r['hf_tok_s']:.2f}x its speed")
