@@ -15,10 +15,10 @@ the CPU). Both kernels take one program per neuron and read the neuron-major act
   cache on every step).
 * `merge`: the keys of `keys.py` for the top, random and quantile-bin stores from the maxima; a key
   is a candidate only if it beats its store row's floor (its current k-th key), and a row then takes
-  its candidates best first, each in place of the row's smallest key while it beats it (one
-  value-and-index reduction per side); the activations of the new keys are copied after that, in
-  one [K, T] gather. After the first batches almost no key beats a floor, so a row usually costs one
-  comparison per sequence.
+  its candidates best first, each in place of the row's smallest key while it beats it; the
+  activations of the new keys are copied after that, in one [K, T] gather (so the loop over
+  candidates touches no global memory). After the first batches almost no key beats a floor, so a
+  row usually costs one comparison per sequence.
 
 With unique keys the stores end with exactly the keys (and copied activations) of every other path.
 """
@@ -109,8 +109,10 @@ def _merge_row(keys, acts, floor, row, K, cand, src, T,
         bb = tl.arange(0, BLOCK_B)
         taken = tl.full((BLOCK_K,), -1, tl.int32)  # the batch row whose activations each slot takes
         for _ in range(n_new):  # best candidate first; each replaces the smallest key it beats
-            best, b = tl.max(c, axis=0, return_indices=True, return_indices_tie_break_left=True)
-            low, slot = tl.min(row_keys, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            best = tl.max(c, axis=0)
+            b = tl.min(tl.where(c == best, bb, BLOCK_B), axis=0)
+            low = tl.min(row_keys, axis=0)
+            slot = tl.min(tl.where(row_keys == low, kk, BLOCK_K), axis=0)
             put = (kk == slot) & (best > low)
             row_keys = tl.where(put, best, row_keys)
             taken = tl.where(put, b, taken)
