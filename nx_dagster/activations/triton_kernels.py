@@ -35,6 +35,11 @@ KEY_MAX = tl.constexpr((1 << 63) - 1)  # padding of a store row past k: never it
 
 
 @triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def layer_stats(nbt, shift, sums, vmax, counts, seq_max, edges, guess, B, T, N_BUCKETS,
                 BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr):
     """nbt [N, B, T]; shift [N] f32; sums [4, N] f64 (+=); vmax [N] f64; counts [N, N_BUCKETS] i32
@@ -56,8 +61,8 @@ def layer_stats(nbt, shift, sums, vmax, counts, seq_max, edges, guess, B, T, N_B
         mask = in_b[:, None] & (cols < T)[None, :]
         x = tl.load(nbt + n * B * T + rows[:, None] * T + cols[None, :], mask=mask, other=float("-inf"))
         x = x.to(tl.float32)
-        has_nan = tl.max((x != x).to(tl.int32), axis=1) > 0
-        m = tl.where(has_nan, float("nan"), tl.max(tl.where(x != x, float("-inf"), x), axis=1))
+        m = tl.reduce(x, 1, _max_nan)  # NaN if the sequence has one (as torch.amax)
+        has_nan = m != m
         tl.store(seq_max + n * B + rows, m, mask=in_b)
         y = tl.where(mask, x - c, 0.0)
         y2 = y * y
