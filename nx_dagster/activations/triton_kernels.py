@@ -11,8 +11,8 @@ the CPU). Both kernels take one program per neuron and read the neuron-major act
   counted into the neuron's histogram (bucket search as `cpu_kernel._bucket`). Sums and maxima are
   kept per row of the block and reduced across rows once, after the loop: at the usual sequence
   lengths a row's reductions stay within one warp, so the loop has no block-wide barrier but the
-  one that hands the maxima to the bucket search; the counts are relaxed atomics (an acquire-release atomic fences and drops the L1
-  cache on every step).
+  one that hands the maxima to the bucket search. The counts are relaxed atomics (an
+  acquire-release atomic fences and drops the L1 cache on every step).
 * `merge`: the keys of `keys.py` for the top, random and quantile-bin stores from the maxima; a key
   is a candidate only if it beats its store row's floor (its current k-th key), and a row then takes
   its candidates best first, each in place of the row's smallest key while it beats it; the
