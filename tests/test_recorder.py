@@ -109,6 +109,16 @@ def test_negative_values_order():
     assert torch.argsort(k, descending=True).tolist() == [3, 2, 4, 0, 1]
 
 
+def test_signed_zeros_tie_and_every_nan_ranks_first():
+    """-0.0 and +0.0 are equal activations (the lower sequence id first), and a NaN ranks above every
+    number whatever its sign bit (x86 makes negative NaNs), as torch.sort ranks NaN."""
+    neg_nan = -torch.tensor([float("nan")])
+    assert neg_nan.view(torch.int32).item() < 0  # the sign bit is set
+    v = torch.cat([torch.tensor([-0.1, -0.0, 0.0, 3.0, -0.2]), neg_nan, torch.tensor([float("nan"), float("inf")])])
+    k = value_key(v[:, None], torch.arange(len(v))).squeeze(1)
+    assert torch.argsort(k, descending=True).tolist() == [5, 6, 7, 3, 1, 2, 0, 4]
+
+
 def test_rows_shape(model):
     ids, toks = corpus()
     rec = record(model, batches(ids, toks, 64), "pre_fix", [0], T, RecorderSettings(top_k=4, random_k=3, quantile_k=2))[0]

@@ -97,6 +97,38 @@ def test_triton_kernels_match_on_ragged_batches():
     assert (got.top[0][:, -1] >= 0).all() and (got.top[0][:, :9] >= 0).all()  # 35 sequences fill 9 slots
 
 
+@pytest.mark.parametrize("path", ["fused", "dense", "torch", "triton"])
+def test_zero_and_nan_maxima_rank_alike_on_every_path(path):
+    """Sequences whose maximum is -0.0 or +0.0 (tanh GELU gives -0.0 below about -9) tie, the lower id
+    first; a NaN of either sign ranks first. Every path (the numba kernel, both torch paths, Triton)
+    keeps the brute-force top records."""
+    if path == "triton" and not gpu_update.usable(torch.device("cpu")):
+        pytest.skip("needs Triton in interpreter mode")
+    g = torch.Generator().manual_seed(3)
+    neg_nan = -torch.tensor(float("nan"))
+    stream = []
+    for i in range(3):
+        x = -torch.rand(6, 4, 3, generator=g)  # [B, T, N]: all negative
+        zero = torch.rand(6, generator=g) < 0.6
+        x[zero, 1, 0] = torch.where(torch.rand(int(zero.sum()), generator=g) < 0.5, -0.0, 0.0)  # max ±0
+        x[:, :, 1] = torch.where(torch.rand(6, 4, generator=g) < 0.5, -0.0, 0.0)  # every value ±0
+        if i == 1:
+            x[2, 3, 2], x[4, 0, 2] = neg_nan, float("nan")
+        nbt = x.permute(2, 0, 1).contiguous()
+        stream.append((torch.arange(6 * i, 6 * i + 6).flip(0) * 3 + 1, nbt.permute(1, 2, 0)))
+    rec = LayerRecorder(0, torch.arange(3), 4, RecorderSettings(top_k=5, random_k=2, quantile_k=1, seed=1), "cpu",
+                        path=path)
+    for seq_ids, post in stream:
+        rec.update(seq_ids, post)
+    got = rec.finish()
+    ids = torch.cat([s for s, _ in stream])
+    seq_max = torch.cat([p for _, p in stream]).amax(dim=1)  # [S, N]
+    for n in range(3):
+        rank = lambda i: (not seq_max[i, n].isnan(), -seq_max[i, n].nan_to_num().item(), ids[i].item())  # noqa: E731
+        want = [ids[i].item() for i in sorted(range(len(ids)), key=rank)[:5]]
+        assert got.top[0][n].tolist() == want, (path, n)
+
+
 # aten ops that make the host wait for a CUDA device (a scalar read, or an output sized by the data)
 _WAITS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.nonzero.default", "aten.masked_select.default",
           "aten._unique2.default", "aten.unique_consecutive.default", "aten.equal.default",

@@ -17,7 +17,7 @@ import os
 import numpy as np
 import torch
 
-from nx_dagster.activations.keys import _ID_MAX, _M32
+from nx_dagster.activations.keys import _ID_MAX, _M32, NEG_ZERO, QNAN
 from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
 
 try:  # numba is a dependency; without it (an unsupported Python, say) the torch path runs instead
@@ -50,6 +50,10 @@ if numba is not None:
     @_jit
     def _value_key(bits, seq_id):
         u = np.int64(bits) & _M32
+        if u == NEG_ZERO:  # -0.0 is +0.0; every NaN is the one NaN above +inf (keys.value_key)
+            u = 0
+        elif (u & 0x7FFFFFFF) > 0x7F800000:
+            u = QNAN
         mono = _M32 - u if u >= (1 << 31) else u | (1 << 31)
         return (mono << 31) | (_ID_MAX - seq_id)
 

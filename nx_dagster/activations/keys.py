@@ -3,7 +3,8 @@
 A key packs (primary value, sequence id) into one non-negative int64 so that `topk` on keys never
 meets a tie: larger key = preferred. Sequence ids must be < 2**31.
   * top records:     primary = the float32 activation mapped to a monotone uint32; equal activations
-                     prefer the lower sequence id.
+                     prefer the lower sequence id. -0.0 and +0.0 are one value, and every NaN is one
+                     value above +inf (as torch.topk and torch.sort rank NaN), whatever its sign bit.
   * random samples:  primary = a 32-bit hash of (seed, layer, neuron, sequence id): a uniform random
                      order, independent per neuron and independent of batching.
 """
@@ -15,11 +16,15 @@ import torch
 _ID_BITS = 31
 _ID_MAX = (1 << _ID_BITS) - 1
 _M32 = (1 << 32) - 1
+NEG_ZERO = 1 << 31  # the float32 bits of -0.0
+QNAN = 0x7FC00000  # the float32 bits of the canonical (positive, quiet) NaN
 
 
 def value_key(values: torch.Tensor, seq_ids: torch.Tensor) -> torch.Tensor:
     """values [B, N] float, seq_ids [B] int64 -> keys [B, N] int64 (bigger = larger value, then lower id)."""
     bits = values.float().contiguous().view(torch.int32).long() & _M32  # raw IEEE bits as uint32
+    bits = torch.where(bits == NEG_ZERO, 0, bits)  # -0.0 == +0.0: a tie, broken by the sequence id
+    bits = torch.where((bits & 0x7FFFFFFF) > 0x7F800000, QNAN, bits)  # every NaN: one NaN, above +inf
     negative = bits >= (1 << 31)
     mono = torch.where(negative, _M32 - bits, bits | (1 << 31))  # monotone in the float value
     return (mono << _ID_BITS) | (_ID_MAX - seq_ids)[:, None]

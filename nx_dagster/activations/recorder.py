@@ -41,7 +41,7 @@ class RecorderSettings:
     @property
     def version(self) -> str:
         """Changes whenever the recorded tables would: part of the assets' code_version."""
-        text = "recorder-v2:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
+        text = "recorder-v3:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 

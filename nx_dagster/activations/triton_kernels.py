@@ -31,6 +31,8 @@ import triton.language as tl
 EMPTY = tl.constexpr(-1)
 ID_MAX = tl.constexpr((1 << 31) - 1)
 M32 = tl.constexpr((1 << 32) - 1)
+NEG_ZERO = tl.constexpr(1 << 31)  # float32 bits of -0.0
+QNAN = tl.constexpr(0x7FC00000)  # float32 bits of the canonical NaN
 KEY_MAX = tl.constexpr((1 << 63) - 1)  # padding of a store row past k: never its smallest key
 
 
@@ -148,6 +150,8 @@ def merge(nbt, seq_max, seq_ids, salt, boundaries, B, T,
     sid = tl.load(seq_ids + bb, mask=valid, other=0)
     low_id = ID_MAX - sid
     bits = m.to(tl.int32, bitcast=True).to(tl.int64) & M32
+    bits = tl.where(bits == NEG_ZERO, 0, bits)  # -0.0 is +0.0; every NaN is one NaN (keys.value_key)
+    bits = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, QNAN, bits)
     mono = tl.where(bits >= (1 << 31), M32 - bits, bits | (1 << 31))
     src = nbt + n * B * T
     vkey = tl.where(valid, (mono << 31) | low_id, EMPTY)
