@@ -99,7 +99,7 @@ def test_triton_kernels_match_on_ragged_batches():
 
 @pytest.mark.parametrize("path", ["fused", "dense", "torch", "triton"])
 def test_zero_and_nan_maxima_rank_alike_on_every_path(path):
-    """Sequences whose maximum is -0.0 or +0.0 (tanh GELU gives -0.0 below about -9) tie, the lower id
+    """Sequences whose maximum is -0.0 or +0.0 (tanh GELU gives -0.0 below about -5.07) tie, the lower id
     first; a NaN of either sign ranks first. Every path (the numba kernel, both torch paths, Triton)
     keeps the brute-force top records."""
     if path == "triton" and not gpu_update.usable(torch.device("cpu")):
