@@ -28,11 +28,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EMPTY = tl.constexpr(-1)
-ID_MAX = tl.constexpr((1 << 31) - 1)
-M32 = tl.constexpr((1 << 32) - 1)
-NEG_ZERO = tl.constexpr(1 << 31)  # float32 bits of -0.0
-QNAN = tl.constexpr(0x7FC00000)  # float32 bits of the canonical NaN
+from nx_dagster.activations import keys, store
+
+# the key definitions of keys.py and store.py, as compile-time constants
+EMPTY = tl.constexpr(store.EMPTY)
+ID_MAX = tl.constexpr(keys._ID_MAX)
+M32 = tl.constexpr(keys._M32)
+NEG_ZERO = tl.constexpr(keys.NEG_ZERO)  # float32 bits of -0.0
+QNAN = tl.constexpr(keys.QNAN)  # float32 bits of the canonical NaN
 KEY_MAX = tl.constexpr((1 << 63) - 1)  # padding of a store row past k: never its smallest key
 
 
