@@ -68,7 +68,7 @@ class NxResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Refuse to write this data root into an instance that holds another root's history."""
-        from assets.instance import claim_data_root
+        from assets.runtime.instance import claim_data_root
 
         if context.instance is not None:
             claim_data_root(context.instance, self.catalog)

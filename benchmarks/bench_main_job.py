@@ -41,7 +41,7 @@ def steps(home: Path) -> list[tuple[str, float, float]]:
     """(step key, start, end) of every step of every run of `home`'s instance, in start order."""
     import dagster as dg
 
-    from assets.instance import open_instance
+    from assets.runtime.instance import open_instance
     from nx_dagster.storage import Catalog
 
     instance = open_instance(Catalog(home))
@@ -117,7 +117,7 @@ def main() -> None:
     env.update(NX_HOME=str(home), PYTHONPATH=str(ROOT))
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    samples = run_sampled([sys.executable, "-m", "nx_dagster.cli", "run", *flags], env)
+    samples = run_sampled([sys.executable, "-m", "nxd", "run", *flags], env)
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"nxd run {' '.join(flags)}: {wall:.1f} s wall, {ru.ru_utime + ru.ru_stime:.1f} s CPU "

@@ -171,7 +171,7 @@ def end_to_end(device: str, dtype: str) -> dict[str, float]:
     out = {}
     for dev in ("cpu", device):
         with tempfile.TemporaryDirectory() as home:
-            cmd = [sys.executable, "-m", "nx_dagster.cli", "run", "--stages", "activations", "--home", home,
+            cmd = [sys.executable, "-m", "nxd", "run", "--stages", "activations", "--home", home,
                    "--device", dev, "--dtype", "float32" if dev == "cpu" else dtype]
             t = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)  # the project's Dagster instance, as users run it

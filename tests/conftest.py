@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 
 pytest_plugins = ["tests.s3_server"]  # fixtures s3_server (moto's standalone server) and s3_home
 

@@ -11,7 +11,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from assets.definitions import defs
 from assets.llm import LLMResource
 from assets.resources import NxResource
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from tests.checkpoints import build_checkpoint, tiny_run_inputs
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.errors import NxInputError
 from nx_dagster.model import get_variant, open_checkpoint
 from nx_dagster.storage import Catalog

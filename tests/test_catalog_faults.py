@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.catalog import CatalogBusy, DiskFull
 from tests.test_storage import stats_rows

@@ -33,7 +33,7 @@ def _env(tmp: Path, dagster_url: str, ckpt: Path, corpus: Path) -> dict:
 
 
 def _nxd(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nx_dagster.cli", "run", "--seq-len", "16", "--variants", "post_fix", *args],
+    return subprocess.Popen([sys.executable, "-m", "nxd", "run", "--seq-len", "16", "--variants", "post_fix", *args],
                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -101,7 +101,7 @@ def test_runs_of_two_processes_share_one_postgres_instance_and_its_pools(pg_serv
 def test_bad_instance_storage_is_one_line_naming_the_setting(case, pg_server, tmp_path, monkeypatch):
     """deploy/dagster.yaml with its URL unset or pointing at a server that refuses: a clear NxInputError
     before any table changes, naming the instance file and what the server said."""
-    from assets.instance import open_instance
+    from assets.runtime.instance import open_instance
     from nx_dagster.errors import NxInputError
     from nx_dagster.storage import Catalog
 
@@ -134,7 +134,7 @@ def test_pools_made_by_several_processes_at_once_have_one_limit_and_no_failed_ru
     no error, and each pool has the default limit and exactly that many slots."""
     import threading
 
-    from nx_dagster import runs
+    from assets.runtime import runs
 
     env = _env(tmp_path, pg_server.create_database(), tmp_path, tmp_path)
     monkeypatch.setenv("NX_DAGSTER_PG_URL", env["NX_DAGSTER_PG_URL"])

@@ -1,5 +1,5 @@
 """A worker that dies while it holds a pool slot does not block the workers that wait for that slot
-(nx_dagster/runs.py): a running `nxd` stamps its runs (`nx/worker_beat`) and sweeps on every heartbeat.
+(assets/runtime/runs.py): a running `nxd` stamps its runs (`nx/worker_beat`) and sweeps on every heartbeat.
 On this host a dead process is looked up; on another host its runs are dead once their stamp is older
 than NX_WORKER_STALE_S. Real SQLite Dagster instance, real processes (a child that exited)."""
 
@@ -15,7 +15,8 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from nx_dagster import procs, runs
+from assets.runtime import runs
+from nx_dagster import procs
 from nx_dagster.errors import NxInputError
 
 

@@ -38,7 +38,7 @@ class Nxd:
     def __init__(self, env: dict, *args: str):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nx_dagster.cli", "run", "--seq-len", "16", "--variants", "post_fix", *args],
+            [sys.executable, "-m", "nxd", "run", "--seq-len", "16", "--variants", "post_fix", *args],
             env=env, cwd=env["NX_CWD"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()

@@ -16,7 +16,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from assets.definitions import defs
 from assets.llm import LLMResource
 from assets.resources import NxResource
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
 from nx_dagster.stages.explain import load_records
@@ -229,7 +229,7 @@ def test_moved_and_copied_roots_answer_and_write(ckpt, env, capsys):
     if subprocess.run(["mount", "--bind", "-o", "ro", str(env / "moved"), str(ro)], capture_output=True).returncode:
         pytest.skip("read-only bind mount not permitted here")
     try:
-        probe = subprocess.run([sys.executable, "-m", "nx_dagster.cli", "sql", "--home", str(ro), "--format", "json",
+        probe = subprocess.run([sys.executable, "-m", "nxd", "sql", "--home", str(ro), "--format", "json",
                                 count], capture_output=True, text=True, cwd=os.getcwd(),
                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert probe.returncode == 0, probe.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.model import open_checkpoint
 from nx_dagster.storage import Catalog
 

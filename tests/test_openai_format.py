@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from tests.checkpoints import build_checkpoint
 

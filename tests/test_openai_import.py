@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 
 TABLES = ("models", "sequences", "activation_records", "neuron_stats", "explanations", "simulations", "scores",
@@ -181,7 +181,7 @@ def test_killed_import_resumes_without_duplicates(tmp_path):
     url = dataset(tmp_path / "d", n_layer=6, n_neurons=40)
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "nx_dagster.cli", "import", "--home", str(home), "--quiet", str(url)]
+    cmd = [sys.executable, "-m", "nxd", "import", "--home", str(home), "--quiet", str(url)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(home.glob("imports/*/layer-0/committed")):

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from tests.test_storage import stats_rows
 
@@ -79,7 +79,7 @@ def test_a_run_and_a_release_on_postgres_read_back_from_another_process(pg_url, 
     assert main(["release", "--home", str(home), "r1"]) == 0
     assert not (home / "catalog.sqlite").exists()  # the metadata went to PostgreSQL
     env = {**os.environ, "NX_CATALOG": pg_url}
-    out = subprocess.run([sys.executable, "-m", "nx_dagster.cli", "sql", "--home", str(home), "--release", "r1",
+    out = subprocess.run([sys.executable, "-m", "nxd", "sql", "--home", str(home), "--release", "r1",
                           "--format", "json", "SELECT (SELECT count(*) FROM neuron_stats) AS stats, "
                           "(SELECT count(*) FROM neuron_connections) AS conn"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from assets.activations import ACTIVATIONS_VERSION
-from assets.instance import open_instance
-from nx_dagster.cli import main
+from assets.runtime.instance import open_instance
+from nxd.cli import main
 from nx_dagster.errors import NxInputError
 from nx_dagster.storage import Catalog
 from nx_dagster.storage import release_content

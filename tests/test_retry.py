@@ -19,7 +19,7 @@ from tests.test_kill_recovery import Nxd, _open, digests, env_for, step_started
 
 
 def nxd(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nx_dagster.cli", *args], env=env, cwd=env["NX_CWD"],
+    return subprocess.run([sys.executable, "-m", "nxd", *args], env=env, cwd=env["NX_CWD"],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.s3 import filesystem
 from tests.checkpoints import build_checkpoint
@@ -27,7 +27,7 @@ RUN = ["--seq-len", "16", "--top-k", "8", "--random-k", "6", "--quantile-k", "2"
 
 def nxd(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`nxd` in a separate process (a second machine's view: nothing shared but the bucket and NX_STATE)."""
-    return subprocess.run([sys.executable, "-m", "nx_dagster.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nxd", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
@@ -127,7 +127,7 @@ def test_killed_export_and_killed_run_leave_the_previous_state(s3run, monkeypatc
     fs = filesystem()
     # a killed export: every object present is whole (S3 shows an object only once its upload completed)
     out = f"s3://{bucket}/exports/killed"
-    proc = subprocess.Popen([sys.executable, "-m", "nx_dagster.cli", "export", "--home", home, "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "nxd", "export", "--home", home, "--quiet",
                              "--threads", "2", out], cwd=ROOT, env={**os.environ, **env}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -149,7 +149,7 @@ def test_killed_export_and_killed_run_leave_the_previous_state(s3run, monkeypatc
     # a run killed while it writes: the catalog still answers with what it held; the rerun ends equal
     args = ["run", "--model", f"s3://{bucket}/inputs/tiny", "--corpus", f"s3://{bucket}/inputs/c.jsonl", *RUN,
             "--stages", "activations", "--top-k", "7"]
-    proc = subprocess.Popen([sys.executable, "-m", "nx_dagster.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    proc = subprocess.Popen([sys.executable, "-m", "nxd", *args], cwd=ROOT, env={**os.environ, **env},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:  # kill once the recording is under way

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from nx_dagster.storage.schema import TABLES
 

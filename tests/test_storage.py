@@ -108,7 +108,7 @@ def test_two_nxd_runs_at_once_both_land(tmp_path):
     corpus.write_text("alpha beta gamma delta epsilon. " * 300)
     env = {**os.environ, "NX_HOME": str(tmp_path / "home"), "NX_MODEL": str(ckpt), "NX_CORPUS": str(corpus),
            "DAGSTER_HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "nx_dagster.cli", "run", "--stages", "activations", "--variants", "post_fix",
+    cmd = [sys.executable, "-m", "nxd", "run", "--stages", "activations", "--variants", "post_fix",
            "--seq-len", "16", "--layers"]
     procs = [subprocess.Popen([*cmd, str(layer)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for layer in (0, 1)]
@@ -127,7 +127,7 @@ def _tree(root) -> dict[str, tuple[int, int]]:
 @pytest.mark.usefixtures("catalog_db")
 def test_nxd_sql_reads_without_writing(tmp_path, capsys):
     """`nxd sql` attaches the catalog read-only: nothing under NX_HOME changes, writes are refused."""
-    from nx_dagster.cli import main
+    from nxd.cli import main
 
     cat = Catalog(tmp_path)
     cat.replace("neuron_stats", stats_rows(0, 5, 1.0), {"model": "m", "gelu_variant": "post_fix", "layer": 0})
@@ -143,7 +143,7 @@ def test_nxd_sql_reads_without_writing(tmp_path, capsys):
 
 
 def test_nxd_sql_on_an_empty_home_is_clear(tmp_path, capsys):
-    from nx_dagster.cli import main
+    from nxd.cli import main
 
     empty = tmp_path / "nothing-here"
     assert main(["sql", "--home", str(empty), "SELECT 1"]) == 2

@@ -17,7 +17,7 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from nx_dagster.cli import main
+from nxd.cli import main
 from nx_dagster.storage import Catalog
 from nx_dagster.viewer.heat import visible
 from nx_dagster.viewer.pages import page_path, render_neuron_page
@@ -240,7 +240,7 @@ def test_browser_pages_in_chromium(con, site, browser, tmp_path):
 
 def _serve(home, folder, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "nx_dagster.cli", "viewer", "--serve", "--port", "0", "--home",
+    proc = subprocess.Popen([sys.executable, "-m", "nxd", "viewer", "--serve", "--port", "0", "--home",
                              str(home), "--layers", "3", "--neurons", "0-3", *extra, str(folder)],
                             stderr=subprocess.PIPE, text=True, env=env)
     lines = []

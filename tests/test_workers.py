@@ -65,7 +65,7 @@ class Worker:
 
 
 def nxd(env: dict, cwd: Path, *args: str) -> Worker:
-    return Worker(env, cwd, ["-m", "nx_dagster.cli", "run", *STAGE_FLAGS, *args])
+    return Worker(env, cwd, ["-m", "nxd", "run", *STAGE_FLAGS, *args])
 
 
 def digests(home: str, catalog_url: str | None = None) -> dict[str, tuple[int, str]]:
@@ -189,7 +189,7 @@ def test_workers_sharing_only_the_servers_match_one_process_even_after_a_kill(pg
     assert len(killed) == 1, "the killed worker's run is not the one left unfinished"
     killed_id = killed[0].dagster_run.run_id
     fresh_cwd = tmp_path / "k2"
-    out = Worker(worker_env(shared, fresh_cwd), fresh_cwd, ["-m", "nx_dagster.cli", "retry", killed_id]).finish()
+    out = Worker(worker_env(shared, fresh_cwd), fresh_cwd, ["-m", "nxd", "retry", killed_id]).finish()
     child_id = re.search(rf"done: run (\S+) re-executed {killed_id}", out).group(1)
     child = instance.get_run_by_id(child_id)
     assert child.parent_run_id == killed_id and child.status == dg.DagsterRunStatus.SUCCESS

@@ -63,7 +63,7 @@ def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
     from dagster._core.execution.api import ReexecutionOptions
     from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-    from nx_dagster import runs
+    from assets.runtime import runs
 
     runs.sweep(instance)  # a run whose process died here is marked failed first
     parent = instance.get_run_by_id(run_id)

@@ -33,8 +33,8 @@ def cmd_run(args) -> int:
 
     from assets.definitions import defs
     from assets.console import console_logger
-    from assets.instance import open_instance
-    from assets.retry import run_tag
+    from assets.runtime.instance import open_instance
+    from assets.runtime.retry import run_tag
     from nx_dagster.model.gelu import parse_variants
     from nx_dagster.ranges import contiguous_runs, parse_ranges
 
@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
     llm = _llm_resource(args, definitions.resources["llm"])
     llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
     instance = open_instance(nx.catalog)
-    from nx_dagster import runs
+    from assets.runtime import runs
 
     runs.sweep(instance)  # a killed earlier run must not hold its pool slot: fail it, free its slots
     resources = {"nx": nx, "llm": llm}
@@ -144,9 +144,9 @@ def _input_error(what, problem, fix):
 
 
 def cmd_retry(args) -> int:
-    from assets.instance import open_instance
+    from assets.runtime.instance import open_instance
     from assets.resources import NxResource
-    from assets.retry import retry
+    from assets.runtime.retry import retry
 
     catalog = NxResource(home=args.home).catalog
     if not catalog.exists():  # nothing to retry, and opening its instance would create a data root

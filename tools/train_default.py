@@ -1,6 +1,6 @@
 """Train the bundled default model: a small GPT-2 on the bundled corpus, with its own BPE tokenizer.
 
-    python -m nx_dagster.training.train_default            # writes nx_dagster/bundled/model/
+    python -m tools.train_default            # writes nx_dagster/bundled/model/
 
 A development tool, not part of the pipeline. It needs only the project's runtime dependencies (torch,
 tokenizers, safetensors): the trainable GPT-2 below is written here, and its weights are saved in the
@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nx_dagster.training.build_corpus import CORPUS_PATH, read_corpus
+from tools.build_corpus import CORPUS_PATH, read_corpus
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled" / "model"
+MODEL_DIR = Path(__file__).resolve().parent.parent / "nx_dagster" / "bundled" / "model"
 EOT = "<|endoftext|>"
 TRAIN_EVAL_WINDOWS = 1024  # the training loss is reported on about this many evenly spaced windows
 
@@ -289,7 +289,7 @@ SOURCE.md), with its own byte-level BPE tokenizer. GELU: GPT-2's tanh form (`gel
 
 Reproduce (writes this folder, this file included):
 
-    python -m nx_dagster.training.train_default
+    python -m tools.train_default
 
 ## Figures
 

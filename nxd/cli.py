@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from nx_dagster.cli_run import add_run_commands, input_error_of
+from nxd.run import add_run_commands, input_error_of
 
 def _input_error(what, problem, fix):
     from nx_dagster.errors import NxInputError
@@ -215,7 +215,7 @@ def cmd_release(args) -> int:
 
     from assets.console import console_logger
     from assets.definitions import defs
-    from assets.instance import open_instance
+    from assets.runtime.instance import open_instance
     from assets.resources import NxResource
     from nx_dagster.storage.releases import check_new_name, read_release
 
@@ -249,7 +249,7 @@ def cmd_ui(args) -> int:
     """`dagster dev` on this project's code location with the data root's own instance (its history)."""
     import subprocess
 
-    from assets.instance import instance_home, open_instance
+    from assets.runtime.instance import instance_home, open_instance
     from nx_dagster.storage import Catalog
 
     catalog = Catalog(args.home or None)

@@ -11,7 +11,7 @@ The result is frozen into `bundled/corpus/python_docs.jsonl.gz`, one `{"id", "te
 a fixed order (topics sorted by name, then the modules in `MODULES` order). The shipped file is the
 corpus; this module regenerates it:
 
-    python -m nx_dagster.training.build_corpus
+    python -m tools.build_corpus
 
 Docstrings change between Python versions, so a rebuild on another version gives a different file; the
 version that built the shipped one is recorded in `bundled/corpus/SOURCE.md`.
@@ -34,7 +34,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-CORPUS_PATH = Path(__file__).resolve().parent.parent / "bundled" / "corpus" / "python_docs.jsonl.gz"
+CORPUS_PATH = Path(__file__).resolve().parent.parent / "nx_dagster" / "bundled" / "corpus" / "python_docs.jsonl.gz"
 
 # Modules whose docstrings join the corpus, in corpus order. Chosen for prose-rich docstrings and for
 # importing cleanly, without side effects, on every platform.

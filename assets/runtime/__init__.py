@@ -1,0 +1,2 @@
+"""The Dagster instance, run sweeping and retry: the only modules that use Dagster's private APIs
+(`dagster._core`)."""

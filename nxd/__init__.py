@@ -1,0 +1,2 @@
+"""The application: the `nxd` command, which drives the library (`nx_dagster`) through the Dagster code
+location (`assets`)."""

@@ -1,0 +1,5 @@
+import sys
+
+from nxd.cli import main
+
+sys.exit(main())
