@@ -52,16 +52,16 @@ def build_corpus(path: Path, n_sequences: int, seq_len: int) -> Path:
 def _subject(env: dict, seq_len: int, max_sequences: int):
     from nx_dagster.corpus import CorpusSpec
     from nx_dagster.model import open_checkpoint
-    from nx_dagster.stages.activations import Subject
+    from nx_dagster.subject import Subject
 
     return Subject(open_checkpoint(env["NX_MODEL"]), CorpusSpec(env["NX_CORPUS"], seq_len, max_sequences), "cpu")
 
 
 def _timed_catalog():
     """The project's Catalog, with every write (replace_many) timed, and within it the Parquet files
-    written before the commit (`_prewrite`, no lock held): commit = write - Parquet = the wait for the
-    writer lock plus the transaction (delete, register the files, commit the metadata)."""
-    from nx_dagster.storage import Catalog
+    written before the commit (`writes.prewrite`, no lock held): commit = write - Parquet = the wait for
+    the writer lock plus the transaction (delete, register the files, commit the metadata)."""
+    from nx_dagster.storage import Catalog, writes
 
     class TimedCatalog(Catalog):
         commits: list[float] = []
@@ -74,13 +74,16 @@ def _timed_catalog():
             finally:
                 self.commits.append(time.perf_counter() - t)
 
-        def _prewrite(self, *args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return super()._prewrite(*args, **kwargs)
-            finally:
-                self.parquet.append(time.perf_counter() - t)
+    prewrite = writes.prewrite
 
+    def timed_prewrite(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return prewrite(*args, **kwargs)
+        finally:
+            TimedCatalog.parquet.append(time.perf_counter() - t)
+
+    writes.prewrite = timed_prewrite  # this benchmark process's writes, all through TimedCatalog
     return TimedCatalog
 
 

@@ -48,7 +48,7 @@ def cmd_sql(args) -> int:
         results = []
         for stmt in statements:
             try:
-                rel = cat._retry(lambda: con.sql(stmt.query))
+                rel = cat.retry(lambda: con.sql(stmt.query))
             except duckdb.Error as e:
                 raise failed(e, stmt.query) from None
             if rel is not None:
@@ -66,7 +66,7 @@ def _print_result(rel, args, cat) -> None:
     from nx_dagster.storage import output
 
     try:
-        cat._retry(lambda: output.write(rel, args.format, args.max_rows))
+        cat.retry(lambda: output.write(rel, args.format, args.max_rows))
     except ValueError as e:
         raise _input_error(f"query {args.query.strip()!r}", str(e), "alias the duplicate columns, or use --format table") from None
 

@@ -65,7 +65,7 @@ def test_a_writer_waits_up_to_the_bound_then_names_it(tmp_path, monkeypatch):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from nx_dagster.storage import Catalog
-        with Catalog({str(tmp_path)!r})._writer_lock():
+        with Catalog({str(tmp_path)!r}).writer_lock():
             print("holding", flush=True)
             time.sleep(6)
     """)], stdout=subprocess.PIPE, text=True)

@@ -91,7 +91,7 @@ def sequence_batches(catalog: Catalog, model: str, corpus: str, batch_size: int,
     after = -1
     while True:
         with catalog.session(read_only=True, snapshot=snap) as con:
-            part = catalog._retry(lambda: con.execute(
+            part = catalog.retry(lambda: con.execute(
                 "SELECT sequence_id, token_ids FROM sequences WHERE model = ? AND corpus = ? AND sequence_id > ? "
                 "ORDER BY sequence_id LIMIT ?", [model, corpus, after, chunk]).fetch_arrow_table())
         if part.num_rows == 0:

@@ -1,60 +1,23 @@
-"""Files under NX_HOME (and its local state folder) that no snapshot references: after a failed write, and on request (`nxd gc`).
+"""Files under NX_HOME (and its local state folder) that no snapshot references, removed on request (`nxd gc`).
 
 A DuckLake transaction writes its Parquet files under data/ before it commits; if the commit fails
 (a full disk, a kill) nothing references them but they stay, and so can a staging folder or a write
-probe of a killed process. `remove_unreferenced` cleans up right after a failed transaction;
-`collect` finds everything of that kind (DuckLake's own `ducklake_delete_orphaned_files` for data/, less
-the files of writers that still run and have not committed yet, plus staging folders and probes whose
-process is gone) and removes it only when asked.
+probe of a killed process. A write that fails cleans up after itself where it can
+(`writes.remove_unreferenced`); `collect` finds everything of that kind (DuckLake's own
+`ducklake_delete_orphaned_files` for data/, less the files of writers that still run and have not
+committed yet, plus staging folders and probes whose process is gone) and removes it only when asked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import duckdb
 
 from nx_dagster import procs
 from nx_dagster.storage import data_files
 from nx_dagster.storage.attach import ALIAS
-
-if TYPE_CHECKING:
-    from nx_dagster.storage.catalog import Catalog
-
-log = logging.getLogger(__name__)
-
-
-def referenced(catalog: "Catalog", con: duckdb.DuckDBPyConnection) -> set[str]:
-    """File names of every data and delete file that any snapshot references (DuckLake's metadata
-    tables, read through `con`, a connection with the catalog attached)."""
-    meta = f"__ducklake_metadata_{ALIAS}"
-    rows = catalog._retry(lambda: con.execute(
-        f"SELECT path FROM {meta}.ducklake_data_file UNION ALL SELECT path FROM {meta}.ducklake_delete_file"
-    ).fetchall())
-    return {r[0].rsplit("/", 1)[-1] for r in rows}
-
-
-def remove_unreferenced(catalog: "Catalog", con: duckdb.DuckDBPyConnection, created: set[str]) -> None:
-    """Remove the files in `created` (paths of the root's filesystem, written under data/ by a
-    transaction that failed) that the catalog does not reference. Call it with the writer lock held,
-    so no other transaction (on this machine, with a catalog no other machine writes) wrote them."""
-    if not created:
-        return
-    try:
-        keep = referenced(catalog, con)
-    except Exception:  # noqa: BLE001 - without the metadata, removing nothing is the safe choice
-        log.exception("could not read the catalog to clean up after a failed write; kept %d files", len(created))
-        return
-    fs = catalog.where.fs
-    for path in created:
-        if path.rsplit("/", 1)[-1] not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm_file(path)
-                log.warning("removed %s, written by a failed transaction", path)
+from nx_dagster.storage.catalog import Catalog
 
 
 def _dead(name: str) -> bool:
@@ -66,7 +29,7 @@ def _dead(name: str) -> bool:
     return procs.is_alive(procs.identity()["host"], parts[0], start) is False
 
 
-def collect(catalog: "Catalog", apply: bool = False) -> list[tuple[str, int]]:
+def collect(catalog: Catalog, apply: bool = False) -> list[tuple[str, int]]:
     """Files and folders under NX_HOME that nothing needs: data files no snapshot references, staging
     folders and write probes of processes that are gone. Returns [(path, bytes)]; removes them only
     if `apply`. Holds the writer lock, so a transaction in progress (whose files are not referenced
@@ -75,11 +38,11 @@ def collect(catalog: "Catalog", apply: bool = False) -> list[tuple[str, int]]:
     with contextlib.ExitStack() as stack:
         # connect before locking: connecting may create missing tables, which takes the lock itself
         con = stack.enter_context(catalog.session()) if catalog.exists() else None
-        stack.enter_context(catalog._writer_lock())
+        stack.enter_context(catalog.writer_lock())
         if con is not None:
             # a catalog shared with other machines: spare files young enough to belong to a commit in flight
             age = (", older_than => now() - INTERVAL 1 DAY" if catalog.where.catalog.shared else ", cleanup_all => true")
-            orphans = catalog._retry(lambda: con.execute(
+            orphans = catalog.retry(lambda: con.execute(
                 f"CALL ducklake_delete_orphaned_files('{ALIAS}', dry_run => true{age})").fetchall())
             # a writer that still runs has written its partition's file and waits for the lock to commit it
             orphans = [r[0] for r in orphans if not data_files.writer_alive(r[0].rsplit("/", 1)[-1])]

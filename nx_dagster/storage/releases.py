@@ -101,7 +101,7 @@ def protected_snapshots(catalog: Catalog) -> set[int]:
 def expire_snapshots(catalog: Catalog, older_than: dt.datetime | None = None) -> list[int]:
     """Expire the snapshots older than `older_than` (default: all but the current one) that no release
     needs, then delete the files only they referenced. Returns the expired snapshot ids."""
-    with catalog.session() as con, catalog._writer_lock():
+    with catalog.session() as con, catalog.writer_lock():
         keep = {s for _, s in _existing(con)}
         current = con.execute(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()").fetchone()[0]
         rows = con.execute(f"SELECT snapshot_id, snapshot_time FROM {ALIAS}.snapshots()").fetchall()
@@ -122,10 +122,10 @@ def create_release(catalog: Catalog, name: str, message: str = "",
     _check_form(name)
     con = catalog.connect()  # creates missing tables; before the lock (it takes it itself)
     try:
-        with catalog._writer_lock():  # no other commit until the release row is in: the snapshot is stable
+        with catalog.writer_lock():  # no other commit until the release row is in: the snapshot is stable
             existing = _existing(con)
             _check_unused(name, existing)
-            return catalog._retry(lambda: _freeze(catalog, con, name, message, code_versions or {}, existing))
+            return catalog.retry(lambda: _freeze(catalog, con, name, message, code_versions or {}, existing))
     finally:
         con.close()
 
