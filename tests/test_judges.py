@@ -3,12 +3,16 @@
 import json
 import math
 
+import numpy as np
+
+from nx_dagster.explain import classify
 from nx_dagster.explain import excerpts as ex
+from nx_dagster.explain.classification import confusion
 from nx_dagster.explain.judges import (
     DETECTION, FUZZING, judge_messages, offline_detection, offline_fuzzing, offline_intruder, parse_answers,
     parse_intruder)
 from nx_dagster.explain.naming import token_matcher
-from nx_dagster.explain.records import ActivationRecord, NeuronRecords
+from nx_dagster.explain.records import ActivationRecord, Explanation, NeuronRecords
 
 WORDS = [" a", " b", " c", " d", " e", " f", " g", " h"]
 
@@ -103,3 +107,40 @@ def test_prompts_mark_tokens_only_for_fuzzing():
     e = ex.fuzzing_excerpts(neuron(" The"), seed=1)
     assert "<<" in judge_messages(FUZZING, "x", e)[1]["content"]
     assert "<<" not in judge_messages(DETECTION, "x", e)[1]["content"]
+
+
+def _explained(records: NeuronRecords, text: str | None) -> Explanation:
+    return Explanation(records.model, records.gelu_variant, records.layer, records.neuron, "token_lookup", None,
+                       "v", 0, text, None if text else "failed", explanation_id=f"e{records.neuron}")
+
+
+def test_offline_classification_rows_with_intervals_and_nulls():
+    tokens = [" The", " import", "(", " None"]
+    neurons = [neuron(t, n=i, seed=i) for i, t in enumerate(tokens)]
+    pairs = [(_explained(n, f'fires on tokens: "{t}"'), n) for n, t in zip(neurons, tokens)]
+    pairs.append((_explained(neuron(" x", n=9), None), neuron(" x", n=9)))
+    for scorer in (DETECTION, FUZZING):
+        rows = classify.classification_rows(scorer, pairs, classify.Judge("token_lookup"))
+        assert [r["failure_reason"] for r in rows[:4]] == [None] * 4 and "no explanation" in rows[4]["failure_reason"]
+        for r in rows[:4]:
+            assert r["balanced_accuracy"] == 1.0 and r["f1"] == 1.0 and r["auroc"] is None
+            assert r["balanced_accuracy_ci_low"] == r["balanced_accuracy_ci_high"] == 1.0
+            assert r["null_explanation_id"] not in (None, r["explanation_id"])
+            assert r["null_balanced_accuracy"] <= 0.5  # another neuron's token never occurs here
+            truth, said = np.array(r["excerpt_truth"]), np.array(r["excerpt_probability"]) >= 0.5
+            c = confusion(truth, said)
+            assert (c.true_positive, c.false_negative, c.true_negative, c.false_positive) == \
+                (r["true_positive"], r["false_negative"], r["true_negative"], r["false_positive"])
+        assert rows == classify.classification_rows(scorer, pairs, classify.Judge("token_lookup"))  # seeded
+    none = classify.classification_rows(DETECTION, pairs, classify.Judge("token_lookup"), null_fraction=0.0)
+    assert all(r.get("null_explanation_id") is None for r in none)
+
+
+def test_offline_intruder_rows():
+    neurons = [neuron(t, n=i, seed=i) for i, t in enumerate([" The", " import", "(", " None"])]
+    rows = classify.intruder_rows(neurons, classify.Judge("token_lookup"))
+    for r in rows:
+        assert r["failure_reason"] is None
+        assert r["n_trials"] == 3 and r["n_correct"] == 3 and r["accuracy"] == 1.0 and r["chance"] == 0.2
+        assert (r["accuracy_ci_low"], r["accuracy_ci_high"]) == (1.0, 1.0)
+    assert classify.accuracy_interval(10, 5, seed=1)[0] < 0.5 < classify.accuracy_interval(10, 5, seed=1)[1]

@@ -45,10 +45,14 @@ class Trial:
     intruder: int  # position of the other neuron's excerpt
 
 
-def seed_of(records: NeuronRecords, scorer: str, seed: int = 0) -> int:
-    """A 63-bit seed from the neuron's identity, the scorer and a user seed."""
-    text = f"{records.model}|{records.gelu_variant}|{records.layer}|{records.neuron}|{scorer}|{seed}"
+def seed_of_text(text: str) -> int:
+    """A 63-bit seed from a text (the same on every machine and run)."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def seed_of(records: NeuronRecords, scorer: str, seed: int = 0) -> int:
+    """A seed from the neuron's identity, the scorer and a user seed."""
+    return seed_of_text(f"{records.model}|{records.gelu_variant}|{records.layer}|{records.neuron}|{scorer}|{seed}")
 
 
 def threshold(records: NeuronRecords) -> float | None:
