@@ -35,6 +35,8 @@ _NUMBERED = re.compile(r"^(\d+)\t(.*)$", re.M)
 _VALUED = re.compile(r"^(.*)\t(\d+)$", re.M)
 _DESCRIPTION = re.compile(r"^Neuron description: (.*)$", re.M)
 _PIECES = re.compile(r"\w+|\s|[^\w\s]")
+_EXCERPT = re.compile(r"^Excerpt (\d+): (.*)$", re.M)
+_MARKED = re.compile(r"<<(.*?)>>")
 
 
 class _Server(ThreadingHTTPServer):
@@ -212,7 +214,10 @@ class FakeLLMServer:
         prompt = "\n".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
         described = (_DESCRIPTION.findall(prompt) or [None])[-1]
         pieces: list[tuple[str, dict[str, float] | None]] = []
-        if described:  # a simulation request
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        if schema in ("judge_answers", "intruder_answer"):  # a detection, fuzzing or intruder question
+            pieces = judge_pieces(schema, described or "", [text for _, text in _EXCERPT.findall(prompt)])
+        elif described:  # a simulation request
             tokens = [t for _, t in _NUMBERED.findall(prompt)]
             values = [10 if fires(t, described) else 0 for t in tokens]
             if fault and fault.values == "short":
@@ -270,6 +275,27 @@ class FakeLLMServer:
                 "choices": [{"index": 0, "text": text, "finish_reason": fault.finish_reason if fault else "length",
                              "logprobs": logprobs if body.get("logprobs") is not None else None}],
                 "usage": {"prompt_tokens": len(tokens), "completion_tokens": 0, "total_tokens": len(tokens)}}
+
+
+def judge_pieces(schema: str, description: str, excerpts: list[str]) -> list[tuple[str, dict[str, float] | None]]:
+    """The fake judge: detection says yes when a word of an excerpt is a word of the description; fuzzing
+    (tokens marked <<...>>) when every marked token is; the intruder is the excerpt whose marked tokens
+    share the fewest strings with the other excerpts' marked tokens."""
+    if schema == "intruder_answer":
+        marked = [set(_MARKED.findall(e)) for e in excerpts]
+        shared = [sum(len(m & o) for j, o in enumerate(marked) if j != i) for i, m in enumerate(marked)]
+        return [('{"intruder":' + str(shared.index(min(shared)) + 1) + "}", None)]
+    pieces: list[tuple[str, dict[str, float] | None]] = [('{"answers":[', None)]
+    for i, e in enumerate(excerpts):
+        marks = _MARKED.findall(e)
+        yes = all(fires(m, description) for m in marks) if marks else \
+            any(fires(w, description) for w in re.findall(r"\w+", e))
+        pieces.append(("1" if yes else "0", {"1": math.log(0.8), "0": math.log(0.2)} if yes else
+                       {"0": math.log(0.9), "1": math.log(0.1)}))
+        if i < len(excerpts) - 1:
+            pieces.append((",", None))
+    pieces.append(("]}", None))
+    return pieces
 
 
 def demo_neurons(n_neurons: int, n_sequences: int = 4, length: int = 8, model: str = "demo",

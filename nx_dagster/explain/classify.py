@@ -37,6 +37,9 @@ from nx_dagster.vocab import JSON_LOGPROBS, LOGPROB_FREE, TOKEN_LOOKUP
 JUDGES = (TOKEN_LOOKUP, JSON_LOGPROBS, LOGPROB_FREE)
 NULL_FRACTION_OFFLINE = 1.0  # the offline judge is free: every neuron gets a null
 NULL_FRACTION_LLM = 0.1  # an LLM judge pays for each null: one neuron in ten by default
+_METRICS = ("n_positive", "n_negative", "true_positive", "false_positive", "true_negative", "false_negative",
+            "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "f1", "auroc",
+            "excerpt_probability", "null_explanation_id", "null_balanced_accuracy")  # NULL until computed
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def classification_rows(scorer: str, pairs: Sequence[tuple[Explanation, NeuronRe
                "gelu_variant": records.gelu_variant, "explainer": e.explainer, "scorer": scorer,
                "judge": judge.name, "judge_model": judge.model, "bootstrap_seed": row_seed,
                "excerpt_sequence_ids": [x.sequence_id for x in excerpts],
-               "excerpt_truth": [x.truth for x in excerpts]}
+               "excerpt_truth": [x.truth for x in excerpts], **dict.fromkeys(_METRICS)}
         if e.explanation is None:
             row["failure_reason"] = f"no explanation to score ({e.failure_reason})"
         elif not excerpts:
@@ -182,7 +185,8 @@ def intruder_rows(neurons: Sequence[NeuronRecords], judge: Judge, seed: int = 0,
     for records, row_seed, trials, at in plans:
         row = {"model": records.model, "gelu_variant": records.gelu_variant, "layer": records.layer,
                "neuron": records.neuron, "judge": judge.name, "judge_model": judge.model,
-               "chance": 1 / (k + 1), "bootstrap_seed": row_seed, "n_trials": len(trials), "failure_reason": None}
+               "chance": 1 / (k + 1), "bootstrap_seed": row_seed, "n_trials": len(trials), "failure_reason": None,
+               **dict.fromkeys(("n_correct", "accuracy", "accuracy_ci_low", "accuracy_ci_high"))}
         if not trials:
             row["failure_reason"] = "too few activating records for one trial (or no other neuron fires)"
             rows.append(row)
