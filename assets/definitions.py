@@ -1,7 +1,5 @@
 """The one assembly point of the Dagster code location (workspace.yaml points here)."""
 
-import os
-
 import dagster as dg
 
 from assets.activations import ACTIVATION_ASSETS
@@ -12,16 +10,12 @@ from assets.release import RELEASE_ASSETS
 from assets.resources import NxResource
 
 
-def _llm() -> LLMResource:
-    # The key comes from the environment only; read at load time (never at import).
-    return LLMResource(api_key=dg.EnvVar("OPENAI_API_KEY")) if os.environ.get("OPENAI_API_KEY") else LLMResource()
-
-
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS, *RELEASE_ASSETS],
-        resources={"nx": NxResource(), "llm": _llm()},
+        # unset fields come from the Settings of the process that runs a step: the API key never enters config
+        resources={"nx": NxResource(), "llm": LLMResource()},
         jobs=[
             dg.define_asset_job("activations_job", selection=dg.AssetSelection.assets(
                 "model", "sequences", ["pre_fix", "activations"], ["post_fix", "activations"], "gelu_fix_impact")),

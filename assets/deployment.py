@@ -22,13 +22,12 @@ executors; nothing here imports dagster-k8s or dagster-celery.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import dagster as dg
 
 from assets.definitions import defs as project_defs
-from nx_dagster.errors import NxInputError
+from nx_dagster import settings
 
 KINDS = ("cpu", "gpu", "llm")
 _POOL_KIND = {"compute": "gpu", "llm": "llm"}
@@ -52,11 +51,8 @@ def deployment_definitions(executor: dg.ExecutorDefinition,
     run by `job_executors[kind]` where given, and the project's `release_job`.
 
     Raises NxInputError if `layers_per_run` (or NX_LAYERS_PER_RUN) is not a positive integer."""
-    raw = layers_per_run if layers_per_run is not None else os.environ.get("NX_LAYERS_PER_RUN") or 1
-    per_run = int(raw) if str(raw).isdigit() else 0
-    if per_run < 1:
-        raise NxInputError(f"NX_LAYERS_PER_RUN {raw!r}", "is not a positive integer",
-                           "set it to the number of layers one run (one pod) records, e.g. 1")
+    env = settings.current()
+    per_run = (env.replace(nx_layers_per_run=layers_per_run) if layers_per_run is not None else env).nx_layers_per_run
     base = project_defs()
     assets = []
     kinds: dict[str, list[dg.AssetKey]] = {k: [] for k in KINDS}

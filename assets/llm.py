@@ -2,18 +2,19 @@
 
 `auto` picks the LLM methods when OPENAI_API_KEY is set and the offline `token_lookup` methods when it
 is not, so the pipeline runs end to end with no key. The key itself comes from the environment only
-(dg.EnvVar when set); it never enters config shown in the UI, logs, metadata or tables.
+(the Settings' OPENAI_API_KEY, read where the step runs); it never enters config shown in the UI, logs,
+metadata or tables.
 """
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from nx_dagster import settings
 from nx_dagster.errors import NxInputError
-from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, Ledger, LLMClient, LLMSettings
+from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, Ledger, LLMClient, LLMSettings, default_ledger_path
 from nx_dagster.storage import Catalog
 
 OFFLINE = "token_lookup"
@@ -23,7 +24,7 @@ LLM_SIMULATOR = "json_logprobs"
 class LLMResource(dg.ConfigurableResource):
     explainer: str = "auto"  # auto | token_lookup | token_activation_pairs
     simulator: str = "auto"  # auto | token_lookup | json_logprobs | echo_logprobs | logprob_free
-    api_key: Optional[str] = None  # OPENAI_API_KEY (set through dg.EnvVar, never as plain config)
+    api_key: Optional[str] = None  # unset: OPENAI_API_KEY (the Settings); never set it as plain config
     base_url: Optional[str] = None  # OPENAI_BASE_URL, else OpenAI's
     explainer_model: Optional[str] = None  # NX_EXPLAINER_MODEL, else gpt-4o-mini
     simulator_model: Optional[str] = None  # NX_SIMULATOR_MODEL, else gpt-4o-mini
@@ -34,7 +35,7 @@ class LLMResource(dg.ConfigurableResource):
     _client: LLMClient | None = PrivateAttr(default=None)
 
     def _has_key(self) -> bool:
-        return bool(self.api_key or os.environ.get("OPENAI_API_KEY"))
+        return bool(self.api_key or settings.current().openai_api_key)
 
     @property
     def explainer_name(self) -> str:
@@ -55,10 +56,10 @@ class LLMResource(dg.ConfigurableResource):
         if not needed:
             return None
         if self._client is None:
-            settings = LLMSettings.from_env(
+            call_settings = LLMSettings.from_env(
                 api_key=self.api_key or None, base_url=self.base_url or None,
                 explainer_model=self.explainer_model or None, simulator_model=self.simulator_model or None,
                 concurrency=self.concurrency, timeout_s=self.timeout_s)
-            path = self.ledger or os.environ.get("NX_LLM_LEDGER") or catalog.local / "llm_ledger.sqlite"
-            self._client = LLMClient(settings, Ledger(Path(path).expanduser()))
+            path = Path(self.ledger).expanduser() if self.ledger else default_ledger_path(catalog.local)
+            self._client = LLMClient(call_settings, Ledger(path))
         return self._client

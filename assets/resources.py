@@ -1,20 +1,21 @@
 """The one resource every asset uses: where data lives, which model and corpus, how to compute.
 
-Fields left unset (None) come from the environment (NX_HOME, NX_MODEL, NX_CORPUS) or the embedded default,
-so the Dagster config shown in the UI stays short and secrets never enter it. The same fields are `nxd run`
-flags; whichever way a field is set, it reaches the run and every output's version (`versions`). The
-checkpoint is opened and validated on first use, never at import.
+Fields left unset (None) come from the Settings (`nx_dagster.settings`: NX_HOME, NX_CATALOG, NX_MODEL,
+NX_CORPUS) or the embedded default, so the Dagster config shown in the UI stays short and secrets never
+enter it; a field set explicitly (Dagster config, or the `nxd run` flag that sets it) wins. Whichever way
+a field is set, it reaches the run and every output's version (`versions`). The checkpoint is opened and
+validated on first use, never at import.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
+from nx_dagster import settings
 from nx_dagster.activations import RecorderSettings
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
@@ -22,7 +23,6 @@ from nx_dagster.hashing import short_digest
 from nx_dagster.model.checkpoint import open_checkpoint
 from nx_dagster.stages.activations import Subject
 from nx_dagster.storage import Catalog
-from nx_dagster.storage.catalog import home_from_env
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,7 +76,7 @@ class NxResource(dg.ConfigurableResource):
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.home or home_from_env(), self.catalog_url)
+            self._catalog = Catalog(self.home, self.catalog_url)  # None: the Settings' NX_HOME, NX_CATALOG
         return self._catalog
 
     def _check_settings(self) -> None:
@@ -96,8 +96,9 @@ class NxResource(dg.ConfigurableResource):
         if self._subject is None:
             self._check_settings()
             device = resolve_device(self.device)
-            spec = CorpusSpec(self.corpus or os.environ.get("NX_CORPUS") or None, self.seq_len, self.max_sequences)
-            self._subject = Subject(open_checkpoint(self.model or os.environ.get("NX_MODEL") or None), spec,
+            env = settings.current()
+            spec = CorpusSpec(self.corpus or env.nx_corpus, self.seq_len, self.max_sequences)
+            self._subject = Subject(open_checkpoint(self.model or env.nx_model), spec,
                                     device, DTYPES[self.dtype])
         return self._subject
 

@@ -16,13 +16,15 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
+from nx_dagster import settings
+
 log = logging.getLogger(__name__)
 MEMO_MIN_BYTES = 1 << 24  # files at least this big have their hash remembered
 
 
 def cache_root() -> Path:
     """NX_CACHE, else ~/.cache/nx_dagster: hashes and fetched checkpoints."""
-    return Path(os.environ.get("NX_CACHE", Path.home() / ".cache" / "nx_dagster"))
+    return settings.current().nx_cache
 
 
 def sha256_stream(fh: BinaryIO) -> str:

@@ -89,6 +89,7 @@ def _check_neuron(model: dict, layer: int, neuron: int, text: str) -> None:
 
 def cmd_neuron(args) -> int:
     """`nxd neuron LAYER/NEURON`: the terminal card of one neuron."""
+    from nx_dagster import settings
     from nx_dagster.storage import Catalog
     from nx_dagster.viewer.card import render_card
     from nx_dagster.viewer.reader import VARIANTS, explanations_of, read_neurons
@@ -100,7 +101,7 @@ def cmd_neuron(args) -> int:
         raise _input_error(f"--variant {args.variant!r}", "is not a GELU variant", f"use one of {', '.join(VARIANTS)}")
     if args.records < 0:
         raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not settings.current().no_color)
     with open_at(Catalog(args.home or None), args.snapshot) as (con, snapshot):
         model = pick_model(con, args.model)
         _check_neuron(model, layer, neuron, args.neuron)
@@ -255,7 +256,7 @@ def cmd_ui(args) -> int:
     catalog = Catalog(args.home or None)
     catalog.check_writable()
     open_instance(catalog).dispose()  # creates the root's instance (and checks DAGSTER_HOME's claim)
-    env = {**os.environ, "NX_HOME": str(catalog.home)}
+    env = {**os.environ, "NX_HOME": str(catalog.home)}  # the child's environment: the root resolved here
     env.setdefault("DAGSTER_HOME", str(instance_home(catalog)))
     print(f"nxd: the UI of data root {catalog.home} (history in {env['DAGSTER_HOME']})", file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "dagster", "dev", "-m", "assets.definitions", "-p", str(args.port)]
@@ -309,7 +310,9 @@ def cmd_import(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.")
+    p = argparse.ArgumentParser(prog="nxd", description="Explain GPT-2 neurons as a Dagster data product.",
+                                epilog="Settings are environment variables (NX_HOME, NX_CATALOG, OPENAI_API_KEY...): "
+                                       "docs/settings.md lists them; a flag wins over its variable.")
     sub = p.add_subparsers(dest="cmd", required=True)
     add_run_commands(sub)
     q = sub.add_parser("sql", help="run a SQL query over the catalog")

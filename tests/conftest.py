@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from nx_dagster import settings
 from nxd.cli import main
 
 pytest_plugins = ["tests.s3_server"]  # fixtures s3_server (moto's standalone server) and s3_home
@@ -13,17 +14,15 @@ pytest_plugins = ["tests.s3_server"]  # fixtures s3_server (moto's standalone se
 def bundled_run(tmp_path_factory):
     """The README's main job on the embedded defaults (bundled model and corpus, offline explainer),
     320 sequences, run once per session: returns the folder holding `nx_data/` (NX_HOME) and the Dagster
-    instance (DAGSTER_HOME). The environment is restored right after the run, so tests pass the
-    paths explicitly (`--home`, `Catalog(path)`)."""
+    instance (DAGSTER_HOME). The settings (every one at its default but NX_HOME) and DAGSTER_HOME hold
+    for the run only, so tests pass the paths explicitly (`--home`, `Catalog(path)`)."""
     root = tmp_path_factory.mktemp("main")
     mp = pytest.MonkeyPatch()
-    mp.setenv("NX_HOME", str(root / "nx_data"))
-    mp.setenv("DAGSTER_HOME", str(root))
-    for var in ("NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
-        mp.delenv(var, raising=False)
+    mp.setenv("DAGSTER_HOME", str(root))  # Dagster's own setting
     try:
-        assert main(["run", "--max-sequences", "320"]) == 0
-        assert main(["release", "r1", "--message", "the README's examples query this release"]) == 0
+        with settings.use(settings.from_values(nx_home=str(root / "nx_data"))):
+            assert main(["run", "--max-sequences", "320"]) == 0
+            assert main(["release", "r1", "--message", "the README's examples query this release"]) == 0
     finally:
         mp.undo()
     return root

@@ -17,6 +17,7 @@ from assets.definitions import defs
 from assets.llm import LLMResource
 from assets.resources import NxResource
 from nxd.cli import main
+from nx_dagster import settings
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
 from nx_dagster.stages.explain import load_records
@@ -34,11 +35,11 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture()
 def env(tmp_path, monkeypatch):
-    for var in ("NX_HOME", "NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL", "DAGSTER_HOME",
-                "NX_LLM_LEDGER", "NX_EXPLAINER_MODEL", "NX_SIMULATOR_MODEL"):
-        monkeypatch.delenv(var, raising=False)
+    """Every setting at its default (whatever the environment says) and no DAGSTER_HOME (Dagster's own)."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.chdir(tmp_path)  # no dagster.yaml here: nxd must not depend on the working directory
-    return tmp_path
+    with settings.use(settings.from_values()):
+        yield tmp_path
 
 
 def jsonl(path, n_docs=4, text=TEXT * 12):
@@ -136,16 +137,13 @@ def test_every_cli_flag_reaches_the_run(ckpt, env, capsys):
     home = env / "home"
     ledger = env / "elsewhere" / "ledger.sqlite"
     with FakeLLMServer(api_key="k-1") as server:
-        os.environ["OPENAI_API_KEY"], os.environ["OPENAI_BASE_URL"] = "k-1", server.base_url
-        try:
+        with settings.use(settings.current().replace(openai_api_key="k-1", openai_base_url=server.base_url)):
             code = main(["run", "--home", str(home), "--model", str(ckpt), "--corpus", str(corpus), "--layers", "1",
                          "--neurons", "0-2", "--variants", "post_fix", "--seq-len", "16", "--max-sequences", "20",
                          "--batch-size", "7", "--top-k", "6", "--random-k", "3", "--quantile-k", "2", "--seed", "5",
                          "--device", "cpu", "--dtype", "float32", "--stages", "activations,explanations,scores",
                          "--explainer", "token_activation_pairs", "--explainer-model", "exp-y",
                          "--simulator", "logprob_free", "--simulator-model", "sim-x", "--ledger", str(ledger)])
-        finally:
-            del os.environ["OPENAI_API_KEY"], os.environ["OPENAI_BASE_URL"]
         assert code == 0, capsys.readouterr().err
         models = {body["model"] for _, body in server.requests}
         simulate = [body for _, body in server.requests if "logprobs" not in body and "response_format" in body]

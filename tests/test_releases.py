@@ -11,6 +11,7 @@ import pytest
 from assets.activations import ACTIVATIONS_VERSION
 from assets.runtime.instance import open_instance
 from nxd.cli import main
+from nx_dagster import settings
 from nx_dagster.errors import NxInputError
 from nx_dagster.storage import Catalog
 from nx_dagster.storage import release_content
@@ -23,10 +24,11 @@ LAYER_TABLES = {"activation_records", "neuron_stats", "token_activation_summary"
 
 @pytest.fixture()
 def env(tmp_path, monkeypatch):
-    for var in ("NX_HOME", "NX_MODEL", "NX_CORPUS", "OPENAI_API_KEY", "OPENAI_BASE_URL", "DAGSTER_HOME", "NX_LLM_LEDGER"):
-        monkeypatch.delenv(var, raising=False)
+    """Every setting at its default (whatever the environment says) and no DAGSTER_HOME (Dagster's own)."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    with settings.use(settings.from_values()):
+        yield tmp_path
 
 
 def state(cat: Catalog) -> tuple:

@@ -43,6 +43,7 @@ run_monitoring:
 
 def instance_home(catalog: Catalog) -> Path:
     """DAGSTER_HOME when set, else the data root's own `.dagster` folder."""
+    # DAGSTER_HOME is Dagster's own setting (Dagster reads it too), not one of nx_dagster's Settings
     explicit = os.environ.get("DAGSTER_HOME")
     return Path(explicit).expanduser().resolve() if explicit else catalog.local / INSTANCE_DIR
 

@@ -5,7 +5,8 @@ finished, reading what the succeeded steps materialized) only for a job it can r
 a *reconstructable* job. `nxd run`'s jobs are built in its process from its flags, so every run it
 launches records them in the tag `nx/run` (the assets selected and the `nx`/`llm` resource settings,
 secrets left out: the API key and NX_CATALOG come from the environment of the machine that retries), and
-`run_job` rebuilds the same job from that tag. The new run is a child of the failed one (the UI shows
+`job_of` rebuilds the same job from that tag, in whichever process Dagster executes a step (the tag's
+settings travel as the reconstructable job's argument). The new run is a child of the failed one (the UI shows
 them as one lineage of attempts) and carries the retrying process's worker tags.
 
 A run whose `nxd` process died on this host is first marked failed (`runs.sweep`); a run still running,
@@ -16,14 +17,12 @@ named error.
 from __future__ import annotations
 
 import json
-import os
 
 import dagster as dg
 
 from nx_dagster.errors import NxInputError
 
 RUN_TAG = "nx/run"
-_ENV = "NX_RETRY_RUN"  # the parent run's `nx/run` tag, for `run_job` in this process
 SECRET_FIELDS = {"api_key", "catalog_url"}
 
 
@@ -51,11 +50,6 @@ def job_of(settings: dict) -> dg.JobDefinition:
         loggers={"console": console_logger}).resolve_job_def("nxd_run")
 
 
-def run_job() -> dg.JobDefinition:
-    """The reconstructable entry point: the job of the run being retried (from this process's environment)."""
-    return job_of(json.loads(os.environ[_ENV]))
-
-
 def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
     """Re-execute run `run_id` of `instance` from its failure; returns Dagster's result (its `run_id`
     is the new run's). Raises NxInputError for an unknown run, one not launched by `nxd run`, one that
@@ -80,14 +74,11 @@ def retry(instance: dg.DagsterInstance, run_id: str) -> dg.ExecuteJobResult:
         raise NxInputError(f"run {run_id!r}", f"is still {parent.status.value.lower()} (its process, on host "
                            f"{host}, is running or cannot be checked from here)",
                            f"wait for it, or retry it on {host} once its process is gone")
-    os.environ[_ENV] = parent.tags[RUN_TAG]
-    runs.ensure_pools(instance, runs.pools_of(run_job()))
-    try:
-        with runs.Heartbeat(instance):
-            return dg.execute_job(
-                dg.reconstructable(run_job), instance, run_config=parent.run_config,
-                tags={**{k: v for k, v in parent.tags.items() if not k.startswith(runs.TAG_PREFIX)},
-                      **runs.worker_tags()},
-                reexecution_options=ReexecutionOptions.from_failure(run_id, instance), raise_on_error=False)
-    finally:
-        os.environ.pop(_ENV, None)
+    settings = json.loads(parent.tags[RUN_TAG])
+    runs.ensure_pools(instance, runs.pools_of(job_of(settings)))
+    with runs.Heartbeat(instance):
+        return dg.execute_job(
+            dg.build_reconstructable_job(__name__, job_of.__name__, (settings,)), instance,
+            run_config=parent.run_config,
+            tags={**{k: v for k, v in parent.tags.items() if not k.startswith(runs.TAG_PREFIX)}, **runs.worker_tags()},
+            reexecution_options=ReexecutionOptions.from_failure(run_id, instance), raise_on_error=False)

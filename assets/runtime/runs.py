@@ -34,30 +34,11 @@ import dagster as dg
 from dagster._core.events import JobFailureData, RunFailureReason
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, NOT_FINISHED_STATUSES
 
-from nx_dagster import procs
-from nx_dagster.errors import NxInputError, env_seconds
+from nx_dagster import procs, settings
 
 log = logging.getLogger(__name__)
 TAG_PREFIX = "nx/worker_"  # nx/worker_host, nx/worker_pid, nx/worker_start
-
-
 BEAT_TAG = TAG_PREFIX + "beat"
-DEFAULT_BEAT_S, DEFAULT_STALE_S = 10.0, 120.0
-
-
-def beat_seconds() -> float:
-    """NX_WORKER_BEAT_S: seconds between two heartbeats (and sweeps) of a running `nxd`; default 10."""
-    return env_seconds("NX_WORKER_BEAT_S", DEFAULT_BEAT_S)
-
-
-def stale_seconds() -> float:
-    """NX_WORKER_STALE_S: a run of another host whose last heartbeat is older than this is dead; default 120.
-    Raises NxInputError when it is not more than twice NX_WORKER_BEAT_S (a live worker would look dead)."""
-    stale, beat = env_seconds("NX_WORKER_STALE_S", DEFAULT_STALE_S), beat_seconds()
-    if stale <= 2 * beat:
-        raise NxInputError(f"NX_WORKER_STALE_S {stale:g}", f"is not more than twice NX_WORKER_BEAT_S ({beat:g})",
-                           "give it several heartbeats, e.g. 12 times NX_WORKER_BEAT_S")
-    return stale
 
 
 def _identity_tags() -> dict[str, str]:
@@ -94,7 +75,7 @@ def sweep(instance: dg.DagsterInstance) -> dict[str, list[str]]:
     Safe while other `nxd run`s are live on the same instance: their processes exist, so their runs
     and slots are left alone."""
     failed = []
-    now, stale_s = time.time(), stale_seconds()
+    now, stale_s = time.time(), settings.current().nx_worker_stale_s
     for record in instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
         run = record.dagster_run
         how = _why_gone(record, now, stale_s)
@@ -133,8 +114,7 @@ class Heartbeat:
 
     def __init__(self, instance: dg.DagsterInstance):
         self._ref = instance.get_ref()
-        self.every = beat_seconds()
-        stale_seconds()  # a bad setting fails now, with its one line, not in the thread
+        self.every = settings.current().nx_worker_beat_s  # a bad NX_WORKER_* fails now, in one line, not in the thread
         self._me = _identity_tags()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nxd-heartbeat", daemon=True)

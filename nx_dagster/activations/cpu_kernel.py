@@ -12,11 +12,11 @@ Keys, hashes and buckets follow `keys.py` and `sketch.py` bit for bit (tests che
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 
+from nx_dagster import settings
 from nx_dagster.activations.keys import _ID_MAX, _M32, NEG_ZERO, QNAN
 from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
 
@@ -34,7 +34,7 @@ _GUESS = bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.f
 def available() -> bool:
     """Whether the fused kernel can run: numba imported, and NX_RECORDER does not ask for the torch
     ops instead (`torch`: sparse updates, `dense`: fixed-shape updates) or the Triton kernels."""
-    return numba is not None and os.environ.get("NX_RECORDER", "").lower() not in ("torch", "dense", "triton")
+    return numba is not None and settings.current().nx_recorder not in ("torch", "dense", "triton")
 
 
 if numba is not None:

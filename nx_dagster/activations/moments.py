@@ -8,9 +8,10 @@ skewness g1, excess (Fisher) kurtosis g2 = m4/m2² − 3.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
+
+from nx_dagster import settings
 
 log = logging.getLogger(__name__)
 _COMPILED: dict[str, object] = {}
@@ -29,7 +30,7 @@ def fused_power_sums(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     eager, with a warning, where compilation fails; NX_COMPILE=0 turns it off."""
     fn = _COMPILED.get("fn")
     if fn is None:
-        fn = power_sums if os.environ.get("NX_COMPILE", "1") == "0" else torch.compile(power_sums, dynamic=False)
+        fn = power_sums if not settings.current().nx_compile else torch.compile(power_sums, dynamic=False)
         _COMPILED["fn"] = fn
     if fn is power_sums:
         return power_sums(x, shift)

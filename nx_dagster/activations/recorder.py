@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import torch
 
+from nx_dagster import settings
 from nx_dagster.activations import cpu_kernel, gpu_update
 from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
 from nx_dagster.activations.moments import Moments
@@ -63,7 +63,7 @@ def choose_path(device: torch.device) -> str:
     CUDA the Triton kernels ("triton"), or fixed-shape torch ops ("dense") where Triton cannot run;
     otherwise torch ops that update only the rows with a new candidate ("torch"). Every path keeps
     the same records. NX_RECORDER=torch|dense|triton picks one (triton on the CPU: its interpreter)."""
-    env = os.environ.get("NX_RECORDER", "").lower()
+    env = settings.current().nx_recorder
     if env == "triton":
         if not gpu_update.usable(device):
             raise NxInputError("NX_RECORDER=triton", f"the Triton kernels cannot run on {device}",

@@ -108,13 +108,15 @@ class LedgerEntry:
         return json.loads(self.response_json) if self.response_json else None
 
 
-def default_ledger_path() -> Path:
-    explicit = os.environ.get("NX_LLM_LEDGER")
-    if explicit:
-        return Path(explicit).expanduser()
+def default_ledger_path(state: Path | None = None) -> Path:
+    """NX_LLM_LEDGER, else `llm_ledger.sqlite` in the local state folder `state` (else NX_HOME's)."""
+    from nx_dagster import settings
     from nx_dagster.storage.location import Location
 
-    return Location.resolve().state / "llm_ledger.sqlite"
+    explicit = settings.current().nx_llm_ledger
+    if explicit is not None:
+        return explicit
+    return (state if state is not None else Location.resolve().state) / settings.LEDGER_FILE
 
 
 class Ledger:

@@ -1,8 +1,9 @@
 """The LLM client seam: any OpenAI-compatible endpoint, bounded concurrency, our own retry policy, a ledger.
 
-- Endpoint and key: explicit settings, else `OPENAI_BASE_URL` / `OPENAI_API_KEY` (models: explicit, else
-  `NX_EXPLAINER_MODEL` / `NX_SIMULATOR_MODEL`). The `openai` client is built on first use, never at import,
-  with the SDK's own retries off (`max_retries=0`) so that this module's policy is the one in force.
+- Endpoint and key: explicit settings, else the Settings' `OPENAI_BASE_URL` / `OPENAI_API_KEY` (models:
+  explicit, else `NX_EXPLAINER_MODEL` / `NX_SIMULATOR_MODEL`). The `openai` client is built on first use,
+  never at import, with the SDK's own retries off (`max_retries=0`) so that this module's policy is the
+  one in force.
 - Retries with exponential backoff and jitter on 429, 5xx, timeouts and connection errors, waiting at
   least `Retry-After` when the server sends it. No retry on other 4xx. A 401/403 raises `LLMAuthError`
   at once and stops the whole `map`. A connection error (refused, DNS, TLS) before this client has
@@ -20,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from nx_dagster import settings as nx_settings
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain.ledger import (
     AUTH_ERROR, FINAL_STATUSES, OK, PENDING, REJECTED, TRANSIENT, UNUSABLE, Ledger, LedgerEntry, call_key, redact,
@@ -36,8 +37,7 @@ from nx_dagster.explain.pricing import estimate_cost
 from nx_dagster.explain.retry import backoff_delay, is_transient_status, retry_after_seconds
 
 log = logging.getLogger(__name__)
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o-mini"
+OPENAI_BASE_URL, DEFAULT_MODEL = nx_settings.OPENAI_BASE_URL, nx_settings.DEFAULT_MODEL
 _MAX_ASKS = 10  # attempt numbers per request over all runs, whatever `reasks` is
 
 
@@ -51,7 +51,7 @@ class LLMUnreachableError(NxInputError):
 
 @dataclass(frozen=True)
 class LLMSettings:
-    """Where and how to call. `None` fields are filled from the environment by `from_env`."""
+    """Where and how to call. `from_env` fills what is not given from the Settings (the environment)."""
 
     api_key: str | None = field(default=None, repr=False)
     base_url: str = OPENAI_BASE_URL
@@ -68,12 +68,11 @@ class LLMSettings:
     @classmethod
     def from_env(cls, api_key: str | None = None, base_url: str | None = None, explainer_model: str | None = None,
                  simulator_model: str | None = None, **kwargs: Any) -> "LLMSettings":
-        """Explicit arguments win over the environment."""
-        env = os.environ
-        return cls(api_key=api_key or env.get("OPENAI_API_KEY") or None,
-                   base_url=base_url or env.get("OPENAI_BASE_URL") or OPENAI_BASE_URL,
-                   explainer_model=explainer_model or env.get("NX_EXPLAINER_MODEL") or DEFAULT_MODEL,
-                   simulator_model=simulator_model or env.get("NX_SIMULATOR_MODEL") or DEFAULT_MODEL, **kwargs)
+        """Explicit arguments win over the Settings."""
+        s = nx_settings.current()
+        return cls(api_key=api_key or s.secret("openai_api_key"), base_url=base_url or s.openai_base_url,
+                   explainer_model=explainer_model or s.nx_explainer_model,
+                   simulator_model=simulator_model or s.nx_simulator_model, **kwargs)
 
 
 @dataclass(frozen=True)

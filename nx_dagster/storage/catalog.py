@@ -34,8 +34,8 @@ from nx_dagster.errors import NxInputError
 from nx_dagster.storage import attach, locking, migration
 from nx_dagster.storage import writes as write_path
 from nx_dagster.storage.attach import ALIAS  # noqa: F401 - re-exported
-from nx_dagster.storage.location import DEFAULT_HOME, Location, home_from_env  # noqa: F401 - re-exported
-from nx_dagster.storage.locking import DEFAULT_WAIT_S, CatalogBusy, wait_seconds  # noqa: F401 - re-exported
+from nx_dagster.storage.location import Location
+from nx_dagster.storage.locking import CatalogBusy, wait_seconds  # noqa: F401 - re-exported
 from nx_dagster.storage.writes import DiskFull, disk_full, is_disk_full  # noqa: F401 - re-exported
 
 T = TypeVar("T")

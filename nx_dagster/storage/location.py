@@ -24,14 +24,10 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from nx_dagster import settings
 from nx_dagster.errors import NxInputError
 
-DEFAULT_HOME = "./nx_data"
 CATALOG_FILE = "catalog.sqlite"
-
-
-def home_from_env() -> str:
-    return os.environ.get("NX_HOME") or DEFAULT_HOME
 
 
 @dataclass(frozen=True)
@@ -107,16 +103,17 @@ class Location:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None, catalog: str | None = None) -> "Location":
-        raw = str(home or home_from_env()).strip()
+        """The one resolution of a data root: `home` and `catalog` where given, else the Settings'
+        (NX_HOME, NX_CATALOG, NX_STATE)."""
+        s = settings.current()
+        raw = str(home or s.nx_home).strip()
         scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
         if scheme == "s3":
             bucket_prefix = raw.split("://", 1)[1].strip("/")
             if not bucket_prefix:
                 raise NxInputError(f"NX_HOME {raw!r}", "names no bucket", "use s3://bucket/prefix")
             home_s = f"s3://{bucket_prefix}"
-            state_env = os.environ.get("NX_STATE")
-            state = (Path(state_env).expanduser() if state_env else
-                     Path("~/.nx_dagster/s3").expanduser() / bucket_prefix).resolve()
+            state = (s.nx_state or Path("~/.nx_dagster/s3").expanduser() / bucket_prefix).resolve()
             remote = True
         elif scheme and scheme != "file":
             raise NxInputError(f"NX_HOME {raw!r}", f"uses {scheme}://, which this version cannot store data on",
@@ -124,7 +121,7 @@ class Location:
         else:
             state = Path(raw.removeprefix("file://")).expanduser().resolve()
             home_s, remote = str(state), False
-        db = catalog if catalog is not None else os.environ.get("NX_CATALOG")
+        db = catalog if catalog is not None else s.nx_catalog
         return cls(home_s, remote, state, parse_catalog(db, state))
 
     @property

@@ -20,12 +20,12 @@ from typing import Callable, Iterator, TypeVar
 import duckdb
 import filelock
 
-from nx_dagster.errors import NxInputError, env_seconds
+from nx_dagster import settings
+from nx_dagster.errors import NxInputError
 from nx_dagster.storage import attach
 from nx_dagster.storage.location import Location
 
 log = logging.getLogger(__name__)
-DEFAULT_WAIT_S = 600.0
 T = TypeVar("T")
 
 
@@ -35,7 +35,7 @@ class CatalogBusy(NxInputError):
 
 def wait_seconds() -> float:
     """NX_CATALOG_WAIT_S: how long a writer waits for its turn (lock + retries), in seconds."""
-    return env_seconds("NX_CATALOG_WAIT_S", DEFAULT_WAIT_S, allow_zero=True)
+    return settings.current().nx_catalog_wait_s
 
 
 def lock_path(where: Location) -> Path:

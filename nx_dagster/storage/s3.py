@@ -1,11 +1,12 @@
 """Object storage (S3 and S3-compatible servers) from the standard AWS settings.
 
-Settings, all read by botocore's own resolution (so `~/.aws/config` profiles work too):
-`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, `AWS_REGION` /
-`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (an S3-compatible server such as MinIO
-or moto; path-style addressing is then used, which every such server supports; `NX_S3_URL_STYLE=vhost`
-overrides). s3fs serves files (exports, checkpoints, corpora, root_id); DuckDB reaches the Parquet data
-through its httpfs extension with a secret built from the same settings.
+Settings, the standard AWS ones, read by `nx_dagster.settings` (botocore's own resolution fills in what
+is unset, so `~/.aws/config` profiles and instance credentials work too): `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE`, `AWS_REGION` / `AWS_DEFAULT_REGION`,
+`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (an S3-compatible server such as MinIO or moto; path-style
+addressing is then used, which every such server supports; `NX_S3_URL_STYLE=vhost` overrides). s3fs
+serves files (exports, checkpoints, corpora, root_id); DuckDB reaches the Parquet data through its httpfs
+extension with a secret built from the same settings.
 
 Errors: `NxInputError` naming the bucket and the setting to fix, for missing credentials, refused
 credentials, a missing bucket and an unreachable endpoint (`check_bucket`, before any work).
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+from nx_dagster import settings as nx_settings
 from nx_dagster.errors import NxInputError
 
 CRED_FIX = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key with access to that bucket"
@@ -33,44 +35,49 @@ class S3Settings:
     url_style: str  # "path" or "vhost"
 
 
-_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
-        "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "NX_S3_URL_STYLE", "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE")
+_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_profile", "aws_region",
+           "aws_default_region", "aws_endpoint_url", "aws_endpoint_url_s3", "nx_s3_url_style", "aws_config_file",
+           "aws_shared_credentials_file")
 
 
 def settings() -> S3Settings:
-    """The AWS settings in effect now (environment first, then the profile), resolved by botocore once
-    per combination of the AWS_* variables (every catalog connection asks for them)."""
-    return _settings(tuple(os.environ.get(k) for k in _ENV))
+    """The S3 settings in effect now (the Settings' AWS fields first, then the profile), resolved by
+    botocore once per combination of them (every catalog connection asks for them)."""
+    s = nx_settings.current()
+    return _settings(tuple((f, getattr(s, f)) for f in _FIELDS))
 
 
 @lru_cache(maxsize=16)
-def _settings(_env: tuple) -> S3Settings:
+def _settings(fields: tuple) -> S3Settings:
     import botocore.session
 
-    session = botocore.session.Session()
-    scoped = _scoped_config(session)  # first: every later lookup fails on an unknown AWS_PROFILE
-    creds = session.get_credentials()
-    frozen = creds.get_frozen_credentials() if creds is not None else None
-    region = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-              or scoped.get("region") or "us-east-1")
-    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                or scoped.get("endpoint_url") or None)
-    style = os.environ.get("NX_S3_URL_STYLE") or ("path" if endpoint else "vhost")
-    if style not in ("path", "vhost"):
-        raise NxInputError(f"NX_S3_URL_STYLE {style!r}", "is not an addressing style", "set it to path or vhost")
-    return S3Settings(frozen.access_key if frozen else None, frozen.secret_key if frozen else None,
-                      frozen.token if frozen else None, region, endpoint, style)
+    s = dict(fields)
+    plain = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
+    session = botocore.session.Session(profile=s["aws_profile"])
+    for var, path in (("config_file", s["aws_config_file"]), ("credentials_file", s["aws_shared_credentials_file"])):
+        if path:
+            session.set_config_variable(var, path)
+    scoped = _scoped_config(session, s["aws_profile"])  # first: every later lookup fails on an unknown profile
+    if s["aws_access_key_id"] is not None and s["aws_secret_access_key"] is not None:
+        key_id, secret, token = (plain(s[f]) for f in ("aws_access_key_id", "aws_secret_access_key",
+                                                       "aws_session_token"))
+    else:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+        key_id, secret, token = (frozen.access_key, frozen.secret_key, frozen.token) if frozen else (None, None, None)
+    region = s["aws_region"] or s["aws_default_region"] or scoped.get("region") or "us-east-1"
+    endpoint = s["aws_endpoint_url_s3"] or s["aws_endpoint_url"] or scoped.get("endpoint_url") or None
+    style = s["nx_s3_url_style"] or ("path" if endpoint else "vhost")
+    return S3Settings(key_id, secret, token, region, endpoint, style)
 
 
-def _scoped_config(session) -> dict:
+def _scoped_config(session, profile: str | None) -> dict:
     """The settings of the profile in effect (AWS_PROFILE, else default); NxInputError for an unknown one."""
     import botocore.exceptions
 
     try:
         return session.get_scoped_config()
     except botocore.exceptions.ProfileNotFound:
-        profile = os.environ.get("AWS_PROFILE")
         raise NxInputError(f"AWS_PROFILE {profile!r}", "is not a profile in ~/.aws/config or ~/.aws/credentials",
                            "name an existing profile, or unset AWS_PROFILE") from None
 
