@@ -10,7 +10,7 @@ import dagster as dg
 
 from assets.partitions import layers
 from assets.resources import NxResource
-from nx_dagster.connections import write_connections
+from nx_dagster.stages.connections import write_connections
 from nx_dagster.hashing import short_digest
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")

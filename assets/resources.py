@@ -21,8 +21,8 @@ from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
 from nx_dagster.hashing import short_digest
 from nx_dagster.model.checkpoint import open_checkpoint
-from nx_dagster.stages.activations import Subject
 from nx_dagster.storage import Catalog
+from nx_dagster.subject import Subject
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nx_dagster.connections import TokenSummary, neuron_connection_rows, token_connection_rows  # noqa: E402
+from nx_dagster.activations.token_summary import TokenSummary  # noqa: E402
+from nx_dagster.connections import neuron_connection_rows, token_connection_rows  # noqa: E402
 
 GIB = 1 << 30
 

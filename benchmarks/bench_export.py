@@ -20,10 +20,10 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nx_dagster.explain.tables import rows_to_table  # noqa: E402
 from nx_dagster.interop.export import export_openai  # noqa: E402
 from nx_dagster.interop.import_ import import_openai  # noqa: E402
 from nx_dagster.storage import Catalog  # noqa: E402
+from nx_dagster.storage.schema import rows_to_table  # noqa: E402
 
 MODEL, CORPUS, SEQ, N_SEQ = "synthetic", "synthetic-corpus", 64, 4096
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nx_dagster.explain import ScoredSequence, score_sequences, score_simulations  # noqa: E402
-from nx_dagster.explain.tables import arrow_schema  # noqa: E402
+from nx_dagster.storage.schema import TABLES  # noqa: E402
 
 LAYOUT = [("top", "valid")] * 5 + [("random", "valid")] * 5 + [("top", "calibration")] * 5 + \
     [("random", "calibration")] * 5
@@ -40,7 +40,7 @@ def synthetic_simulations(n_neurons: int, seq_len: int, seed: int = 0) -> pa.Tab
     np.clip(sim, 0, 10, out=sim)
     offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * seq_len)
     neuron = np.repeat(np.arange(n_neurons, dtype=np.int32), per)
-    schema = arrow_schema("simulations")
+    schema = TABLES["simulations"]
     cols = {
         "explanation_id": pa.array([f"x{i:08d}" for i in range(n_neurons)]).take(pa.array(neuron)),
         "model": pa.array(["gpt2"] * rows), "layer": pa.array(neuron // 3072), "neuron": pa.array(neuron % 3072),

@@ -7,13 +7,14 @@ import pyarrow as pa
 import pytest
 import torch
 
+from nx_dagster.activations.token_summary import SUMMARY_SCHEMA
 from nx_dagster.connections import (
-    NEURON_SCHEMA, SUMMARY_SCHEMA, TOKEN_SCHEMA, RunningTopK, neuron_connection_rows, tile_topk,
-    token_connection_rows, token_topk, write_connections,
+    NEURON_SCHEMA, TOKEN_SCHEMA, RunningTopK, neuron_connection_rows, tile_topk, token_connection_rows, token_topk,
 )
 from nx_dagster.model.checkpoint import open_checkpoint, raw_weights
 from nx_dagster.model.token_strings import token_bytes
-from nx_dagster.storage.schema import TABLES
+from nx_dagster.stages.connections import write_connections
+from nx_dagster.storage.schema import ddl
 from tests.checkpoints import build_checkpoint
 
 ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "FLOAT": pa.float32(), "BIGINT": pa.int64()}
@@ -87,7 +88,7 @@ def ckpt(tmp_path_factory):
     ("token_activation_summary", SUMMARY_SCHEMA),
 ])
 def test_arrow_schemas_match_catalog(table, schema):
-    cols = [c.split() for c in TABLES[table].replace("\n", " ").split(",")]
+    cols = [c.split() for c in ddl(table).replace("\n", " ").split(",")]
     cols = [c for c in cols if c[0] != "source"]  # filled by `nxd import` only; computed rows leave it NULL
     assert [(name, ARROW_TYPES[kind]) for name, kind in cols] == [(f.name, f.type) for f in schema]
 

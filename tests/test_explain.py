@@ -10,12 +10,13 @@ import pyarrow as pa
 import pytest
 
 from nx_dagster.explain import (
-    ActivationRecord, EchoUnsupportedError, LLMClient, LLMSettings, Ledger, NeuronRecords, arrow_schema,
+    ActivationRecord, EchoUnsupportedError, LLMClient, LLMSettings, Ledger, NeuronRecords,
     explain_neurons, explanation_variants, explanations_from_table, explanations_table, neuron_records_from_arrow,
     pair_by_neuron, score_simulations, simulate, simulations_table, token_lookup_explanation,
 )
 from nx_dagster.explain.prompts import scale_activations
 from nx_dagster.explain.simulators import token_lookup_values
+from nx_dagster.storage.schema import TABLES
 from tests.llm_server import Fault, FakeLLMServer, demo_neurons
 
 KEY = "sk-test-explain-000000"
@@ -73,17 +74,17 @@ def test_records_from_arrow_and_tables_match_the_schema():
     assert (n.gelu_variant, n.layer, n.neuron, len(n.records)) == ("pre_fix", 0, 3, 2)
     ex = explain_neurons([n])
     table = explanations_table(ex)
-    assert table.schema == arrow_schema("explanations")
+    assert table.schema == TABLES["explanations"]
     assert explanations_from_table(table) == ex
     sims = simulations_table(simulate(pair_by_neuron(ex, [n])))
-    assert sims.schema == arrow_schema("simulations") and sims.num_rows == 1
+    assert sims.schema == TABLES["simulations"] and sims.num_rows == 1
 
 
 def test_pre_fix_explanations_scored_on_post_fix_activations_keep_both_lineages():
     pre, post = demo_neurons(2, gelu_variant="pre_fix"), demo_neurons(2, gelu_variant="post_fix")
     ex = explain_neurons(pre)
     scores = score_simulations(simulations_table(simulate(pair_by_neuron(ex, post))), explanation_variants(ex))
-    assert scores.schema == arrow_schema("scores")
+    assert scores.schema == TABLES["scores"]
     assert set(scores.column("explanation_gelu_variant").to_pylist()) == {"pre_fix"}
     assert set(scores.column("gelu_variant").to_pylist()) == {"post_fix"}
     assert all(v is not None and v > 0.9 for v in scores.column("ev_correlation").to_pylist())

@@ -10,8 +10,9 @@ from nx_dagster.activations.fix_impact import fix_impact
 from nx_dagster.activations.passes import record_pass
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.model import open_checkpoint
-from nx_dagster.stages.activations import Subject, write_activations, write_sequences
+from nx_dagster.stages.activations import write_activations, write_sequences
 from nx_dagster.storage import Catalog
+from nx_dagster.subject import Subject
 from tests.checkpoints import build_checkpoint
 
 SETTINGS = RecorderSettings(top_k=4, random_k=3, quantile_k=2, seed=5, batch_size=16)

@@ -5,7 +5,8 @@ import re
 from nx_dagster.activations import RecorderSettings
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.model import open_checkpoint
-from nx_dagster.stages.activations import Subject, progress, write_activations, write_sequences
+from nx_dagster.stages.activations import progress, write_activations, write_sequences
+from nx_dagster.subject import Subject
 from nx_dagster.stages.explain import write_explanations, write_scores
 from nx_dagster.storage import Catalog
 from tests.checkpoints import build_checkpoint

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from nx_dagster.explain import ScoredSequence, arrow_schema, score_sequences, score_simulations
-from nx_dagster.explain.tables import rows_to_table
+from nx_dagster.explain import ScoredSequence, score_sequences, score_simulations
+from nx_dagster.storage.schema import TABLES, rows_to_table
 
 
 def seq(kind, split, true, expected, failure=None) -> ScoredSequence:
@@ -177,7 +177,7 @@ def test_batch_scoring_equals_the_definitions(calibrate):
     groups = _random_groups(np.random.default_rng(0), 300)
     table = _table(groups)
     scores = score_simulations(table, {k: "pre_fix" for k in groups}, calibrate=calibrate, batch_rows=97)
-    assert scores.schema == arrow_schema("scores") and scores.num_rows == len(groups)
+    assert scores.schema == TABLES["scores"] and scores.num_rows == len(groups)
     assert set(scores.column("explanation_gelu_variant").to_pylist()) == {"pre_fix"}
     for row, (eid, seqs) in zip(scores.to_pylist(), groups.items()):
         want = score_sequences(seqs, calibrate=calibrate)

@@ -6,14 +6,15 @@ import pytest
 from tokenizers import Tokenizer
 
 from nx_dagster.activations import RecorderSettings
-from nx_dagster.connections import write_connections
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
 from nx_dagster.model import open_checkpoint
 from nx_dagster.model.checkpoint import BUNDLED_DIR
 from nx_dagster.model.token_strings import TokenStrings, render, token_bytes
-from nx_dagster.stages.activations import Subject, write_activations, write_sequences
+from nx_dagster.stages.activations import write_activations, write_sequences
+from nx_dagster.stages.connections import write_connections
 from nx_dagster.storage import Catalog
+from nx_dagster.subject import Subject
 from tests.checkpoints import build_checkpoint, word_tokenizer
 
 EOT = "<|endoftext|>"

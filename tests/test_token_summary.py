@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nx_dagster.connections import SUMMARY_SCHEMA, TokenSummary, eligible_tokens
+from nx_dagster.activations.token_summary import SUMMARY_SCHEMA, TokenSummary, eligible_tokens
 from nx_dagster.model.token_strings import token_bytes
 from tests.checkpoints import word_tokenizer
 

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from nx_dagster.activations.recorder import LayerRecord
+from nx_dagster.storage import schema
 
 TOP_SPLITS = ("train", "calibration", "valid", "test")  # round-robin by rank
 RANDOM_SPLITS = ("calibration", "valid", "test")
@@ -41,18 +42,18 @@ def record_rows(rec: LayerRecord, model: str, corpus: str, gelu_variant: str) ->
     acts = acts[keep][order]
     n_rows = len(sel["seq"])
     q = sel["quantile"].astype(np.int32)
-    return pa.table({
-        "model": pa.array([model] * n_rows, pa.string()),
-        "corpus": pa.array([corpus] * n_rows, pa.string()),
-        "gelu_variant": pa.array([gelu_variant] * n_rows, pa.string()),
-        "layer": pa.array(np.full(n_rows, rec.layer, dtype=np.int32)),
-        "neuron": pa.array(sel["neuron"].astype(np.int32)),
-        "kind": pa.array(sel["kind"], pa.string()),
+    return schema.table("activation_records", {
+        "model": pa.repeat(pa.scalar(model), n_rows),
+        "corpus": pa.repeat(pa.scalar(corpus), n_rows),
+        "gelu_variant": pa.repeat(pa.scalar(gelu_variant), n_rows),
+        "layer": np.full(n_rows, rec.layer, dtype=np.int32),
+        "neuron": sel["neuron"].astype(np.int32),
+        "kind": sel["kind"],
         "quantile": pa.array(q, mask=q < 0),
-        "rank": pa.array(sel["rank"].astype(np.int32)),
-        "split": pa.array(sel["split"], pa.string()),
-        "sequence_id": pa.array(sel["seq"].astype(np.int64)),
-        "max_activation": pa.array(acts.max(axis=1).astype(np.float32)),
+        "rank": sel["rank"].astype(np.int32),
+        "split": sel["split"],
+        "sequence_id": sel["seq"].astype(np.int64),
+        "max_activation": acts.max(axis=1).astype(np.float32),
         "activations": _float_lists(acts),
     })
 
@@ -65,13 +66,13 @@ def stats_rows(rec: LayerRecord, model: str, corpus: str, gelu_variant: str) -> 
     s = {k: v.numpy() for k, v in rec.stats.items()}
     n = len(rec.neurons)
     b = s["boundaries"].astype(np.float64)
-    return pa.table({
-        "model": pa.array([model] * n, pa.string()),
-        "corpus": pa.array([corpus] * n, pa.string()),
-        "gelu_variant": pa.array([gelu_variant] * n, pa.string()),
-        "layer": pa.array(np.full(n, rec.layer, dtype=np.int32)),
-        "neuron": pa.array(rec.neurons.numpy().astype(np.int32)),
-        "n_tokens": pa.array(np.full(n, rec.n_tokens, dtype=np.int64)),
+    return schema.table("neuron_stats", {
+        "model": pa.repeat(pa.scalar(model), n),
+        "corpus": pa.repeat(pa.scalar(corpus), n),
+        "gelu_variant": pa.repeat(pa.scalar(gelu_variant), n),
+        "layer": np.full(n, rec.layer, dtype=np.int32),
+        "neuron": rec.neurons.numpy().astype(np.int32),
+        "n_tokens": np.full(n, rec.n_tokens, dtype=np.int64),
         "mean": pa.array(s["mean"], from_pandas=True),
         "variance": pa.array(s["variance"], from_pandas=True),
         "skewness": pa.array(s["skewness"], from_pandas=True),  # NaN (constant neuron) -> NULL

@@ -23,16 +23,13 @@ from torch import Tensor
 
 from nx_dagster.connections.topk import tile_topk
 from nx_dagster.model.token_strings import TokenStrings
+from nx_dagster.storage.schema import computed_schema
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_COUNT = 5
 DEFAULT_MAX_TOKENS = 4096
-SUMMARY_SCHEMA = pa.schema([
-    ("model", pa.string()), ("corpus", pa.string()), ("gelu_variant", pa.string()), ("layer", pa.int32()),
-    ("neuron", pa.int32()), ("rank", pa.int32()), ("token_id", pa.int32()), ("token", pa.string()),
-    ("mean_activation", pa.float32()), ("count", pa.int64()),
-])
+SUMMARY_SCHEMA = computed_schema("token_activation_summary")
 
 
 def eligible_tokens(
@@ -151,7 +148,7 @@ class TokenSummary:
             "model": pa.repeat(pa.scalar(model), count),
             "corpus": pa.repeat(pa.scalar(corpus), count),
             "gelu_variant": pa.repeat(pa.scalar(gelu_variant), count),
-            "layer": pa.repeat(pa.scalar(layer, pa.int32()), count),
+            "layer": pa.repeat(pa.scalar(layer), count),
             "neuron": np.repeat(np.arange(n, dtype=np.int32), kk)[keep],
             "rank": np.tile(np.arange(kk, dtype=np.int32), n)[keep],
             "token_id": ids_np.astype(np.int32),

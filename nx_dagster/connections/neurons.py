@@ -28,15 +28,12 @@ import torch
 from torch import Tensor
 
 from nx_dagster.connections.topk import RunningTopK
+from nx_dagster.storage.schema import computed_schema
 
 log = logging.getLogger(__name__)
 
 SIGNS: dict[str, bool] = {"positive": True, "negative": False}  # sign -> largest
-NEURON_SCHEMA = pa.schema([
-    ("model", pa.string()), ("layer", pa.int32()), ("neuron", pa.int32()), ("direction", pa.string()),
-    ("sign", pa.string()), ("rank", pa.int32()), ("other_layer", pa.int32()), ("other_neuron", pa.int32()),
-    ("weight", pa.float32()),
-])
+NEURON_SCHEMA = computed_schema("neuron_connections")
 TopKLists = dict[tuple[int, str, str], tuple[Tensor, Tensor]]  # (layer, direction, sign) -> (values, ids)
 
 
@@ -121,7 +118,7 @@ def lists_to_table(model: str, lists: TopKLists, n_per_layer: int) -> pa.Table:
         ids_np = ids.numpy().reshape(-1)
         blocks.append(pa.table({
             "model": pa.repeat(pa.scalar(model), count),
-            "layer": pa.repeat(pa.scalar(layer, pa.int32()), count),
+            "layer": pa.repeat(pa.scalar(layer), count),
             "neuron": np.repeat(np.arange(rows, dtype=np.int32), kk),
             "direction": pa.repeat(pa.scalar(direction), count),
             "sign": pa.repeat(pa.scalar(sign), count),

@@ -24,14 +24,11 @@ from torch import Tensor
 from nx_dagster.connections.neurons import SIGNS, check_layers, weight_tensor, n_layers
 from nx_dagster.connections.topk import tile_topk
 from nx_dagster.model.token_strings import TokenStrings
+from nx_dagster.storage.schema import computed_schema
 
 log = logging.getLogger(__name__)
 
-TOKEN_SCHEMA = pa.schema([
-    ("model", pa.string()), ("layer", pa.int32()), ("neuron", pa.int32()), ("direction", pa.string()),
-    ("sign", pa.string()), ("rank", pa.int32()), ("token_id", pa.int32()), ("token", pa.string()),
-    ("weight", pa.float32()),
-])
+TOKEN_SCHEMA = computed_schema("token_connections")
 DIRECTIONS = ("input", "output")
 TILE_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}  # default tile size per device type
 
@@ -87,7 +84,7 @@ def token_connection_rows(
         ids_np = ids.numpy().reshape(-1)
         blocks.append(pa.table({
             "model": pa.repeat(pa.scalar(model_name), count),
-            "layer": pa.repeat(pa.scalar(layer, pa.int32()), count),
+            "layer": pa.repeat(pa.scalar(layer), count),
             "neuron": np.repeat(np.arange(n, dtype=np.int32), kk),
             "direction": pa.repeat(pa.scalar(direction), count),
             "sign": pa.repeat(pa.scalar(sign), count),

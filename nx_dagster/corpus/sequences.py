@@ -17,6 +17,7 @@ from nx_dagster.corpus.documents import iter_documents
 from nx_dagster.corpus.identity import corpus_identity
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.token_strings import TokenStrings
+from nx_dagster.storage import schema
 
 SEQ_LEN = 64
 
@@ -71,12 +72,5 @@ def iter_sequence_batches(spec: CorpusSpec, tokenizer, model: str, strings: Toke
 
 def _table(rows: dict[str, list], corpus: str, model: str) -> pa.Table:
     n = len(rows["sequence_id"])
-    return pa.table({
-        "model": pa.array([model] * n, pa.string()),
-        "corpus": pa.array([corpus] * n, pa.string()),
-        "sequence_id": pa.array(rows["sequence_id"], pa.int64()),
-        "document": pa.array(rows["document"], pa.string()),
-        "start_token": pa.array(rows["start_token"], pa.int32()),
-        "token_ids": pa.array(rows["token_ids"], pa.list_(pa.int32())),
-        "tokens": pa.array(rows["tokens"], pa.list_(pa.string())),
-    })
+    return schema.table("sequences", {
+        "model": pa.repeat(pa.scalar(model), n), "corpus": pa.repeat(pa.scalar(corpus), n), **rows})

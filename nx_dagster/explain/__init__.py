@@ -25,7 +25,7 @@ from nx_dagster.explain.records import (
 from nx_dagster.explain.scoring import Score, ScoredSequence, score_sequences
 from nx_dagster.explain.simulators import SIMULATOR_VERSIONS, SIMULATORS, EchoUnsupportedError, simulate
 from nx_dagster.explain.tables import (
-    arrow_schema, explanation_variants, explanations_from_table, explanations_table, simulations_table,
+    explanation_variants, explanations_from_table, explanations_table, simulations_table,
 )
 
 TOKEN_LOOKUP = "token_lookup"  # the offline explainer and simulator share this name
@@ -34,7 +34,7 @@ __all__ = [
     "ActivationRecord", "CallStats", "EXPLAINERS", "EXPLAIN_PROMPT_VERSION", "EchoUnsupportedError", "Explanation",
     "LLMAuthError", "LLMClient", "LLMRequest", "LLMResult", "LLMSettings", "LLMUnreachableError", "Ledger", "NeuronRecords",
     "SIMULATE_ECHO_PROMPT_VERSION", "SIMULATE_JSON_PROMPT_VERSION", "SIMULATORS", "SIMULATOR_VERSIONS", "Score",
-    "ScoredSequence", "Simulation", "TOKEN_ACTIVATION_PAIRS", "TOKEN_LOOKUP", "TOKEN_LOOKUP_VERSION", "arrow_schema",
+    "ScoredSequence", "Simulation", "TOKEN_ACTIVATION_PAIRS", "TOKEN_LOOKUP", "TOKEN_LOOKUP_VERSION",
     "default_ledger_path", "explain_neurons", "explanation_variants", "explanations_from_table",
     "explanations_table", "neuron_records_from_arrow", "pair_by_neuron", "score_sequences", "score_simulations",
     "simulate", "simulations_table", "sync_ledger", "token_lookup_explanation",

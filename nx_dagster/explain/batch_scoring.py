@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from nx_dagster.explain.scoring import CONSTANT_TRUTH, METRICS, MIN_SUCCEEDED
 from nx_dagster.explain.records import Explanation
-from nx_dagster.explain.tables import arrow_schema, rows_to_table
+from nx_dagster.storage.schema import TABLES, rows_to_table
 
 _TOP, _RANDOM, _CAL = 0, 1, 2
 _KEYS = ("explanation_id", "gelu_variant", "simulator", "simulator_model")
@@ -235,7 +235,7 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, s
     cols["n_tokens"] = pa.array(n_tokens)
     cols["n_sequences"], cols["n_failed_sequences"] = pa.array(n_rows.astype(np.int64)), pa.array(n_failed)
     cols["failure_reason"] = pa.array(reasons, pa.string())
-    schema = arrow_schema("scores")
+    schema = TABLES["scores"]
     return pa.table({f.name: (cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n_groups, f.type))
                      for f in schema}, schema=schema)
 

@@ -24,7 +24,7 @@ from nx_dagster.errors import NxInputError
 from nx_dagster.explain.explainers import TOKEN_LOOKUP, TOKEN_LOOKUP_PREFIX, TOKEN_LOOKUP_VERSION
 from nx_dagster.explain.records import CALIBRATION_SPLIT, EXPLAIN_SPLIT, SCORED_SPLIT, Explanation
 from nx_dagster.explain.simulators import named_tokens
-from nx_dagster.explain.tables import arrow_schema
+from nx_dagster.storage.schema import TABLES
 
 _SPLIT_ORDER = (SCORED_SPLIT, CALIBRATION_SPLIT)  # the order `simulate` visits a neuron's records in
 
@@ -229,7 +229,7 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
     }
     take = pa.array(job_expl)
     record = cols.table.take(pa.array(rows))  # (J,) rows, no token lists
-    schema = arrow_schema("simulations")
+    schema = TABLES["simulations"]
     columns = {
         **{k: v.take(take) for k, v in expl_cols.items()},
         **{k: record.column(k) for k in ("model", "layer", "neuron", "gelu_variant", "sequence_id", "kind", "split")},

@@ -32,27 +32,20 @@ import re
 import sqlite3
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyarrow as pa
 
+from nx_dagster.storage import schema
+
 OK, REJECTED, AUTH_ERROR, TRANSIENT = "ok", "rejected", "auth_error", "transient"
 PENDING, UNUSABLE = "pending", "unusable"
 STATUSES = (PENDING, OK, UNUSABLE, REJECTED, AUTH_ERROR, TRANSIENT)
 FINAL_STATUSES = (OK, UNUSABLE, REJECTED)  # outcomes a rerun reuses instead of sending the same key again
 
-_COLUMNS = ["call_key", "endpoint", "model", "kind", "request_json", "response_json", "status", "http_status",
-            "error", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts", "created_at"]
-ARROW_SCHEMA = pa.schema([
-    ("call_key", pa.string()), ("endpoint", pa.string()), ("model", pa.string()), ("kind", pa.string()),
-    ("request_json", pa.string()), ("response_json", pa.string()), ("status", pa.string()),
-    ("http_status", pa.int32()), ("error", pa.string()), ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_s", pa.float64()),
-    ("attempts", pa.int32()), ("created_at", pa.timestamp("us", tz="UTC")),
-])
 _SECRET_PATTERNS = [re.compile(r"\bsk-[A-Za-z0-9_\-*]{4,}"), re.compile(r"(?i)bearer\s+\S+")]
 
 
@@ -106,6 +99,9 @@ class LedgerEntry:
     @property
     def response(self) -> dict | None:
         return json.loads(self.response_json) if self.response_json else None
+
+
+_COLUMNS = [f.name for f in fields(LedgerEntry)]  # the ledger file's columns, written to those of llm_calls
 
 
 def default_ledger_path(state: Path | None = None) -> Path:
@@ -194,7 +190,7 @@ class Ledger:
             for c in _COLUMNS:
                 v = getattr(e, c)
                 cols[c].append(datetime.fromisoformat(v) if c == "created_at" and v else v)
-        return pa.table(cols, schema=ARROW_SCHEMA)
+        return schema.table("llm_calls", cols)
 
 
 def sync_ledger(catalog, ledger: Ledger, keys: Sequence[str] | None = None, chunk: int = 20_000) -> int:

@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from nx_dagster.errors import NxInputError
-from nx_dagster.explain.tables import rows_to_table
 from nx_dagster.interop.import_rows import PUBLISHED, VARIANT, NeuronRows
 from nx_dagster.interop.openai_format import KINDS, Reader, rel_path
 from nx_dagster.storage import Catalog
+from nx_dagster.storage.schema import rows_to_table
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "openai-gpt2-small"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -15,46 +14,24 @@ import torch
 
 from nx_dagster.activations import RecorderSettings, record_rows, stats_rows
 from nx_dagster.activations.passes import record_pass
-from nx_dagster.corpus import CorpusSpec, iter_sequence_batches
+from nx_dagster.activations.token_summary import TokenSummary, eligible_tokens
+from nx_dagster.corpus import iter_sequence_batches
 from nx_dagster.errors import NxInputError
-from nx_dagster.model.checkpoint import Checkpoint
 from nx_dagster.model.gelu import get_variant
-from nx_dagster.storage import Catalog
+from nx_dagster.storage import Catalog, schema
+from nx_dagster.subject import Subject
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-@dataclass
-class Subject:
-    """The checkpoint, its loaded weights and the corpus a run works on."""
-
-    ckpt: Checkpoint
-    corpus: CorpusSpec
-    device: str = "cpu"
-    dtype: torch.dtype = torch.float32
-    _model: object = field(default=None, repr=False)
-
-    @property
-    def model(self):
-        if self._model is None:
-            self._model = self.ckpt.load_model(self.device, self.dtype)
-        return self._model
-
-    @property
-    def name(self) -> str:
-        return self.ckpt.name
-
-
 def write_model(catalog: Catalog, s: Subject) -> dict:
     c = s.ckpt.config
-    row = pa.table({
-        "model": [s.name], "n_layer": pa.array([c.n_layer], pa.int32()), "n_embd": pa.array([c.n_embd], pa.int32()),
-        "n_head": pa.array([c.n_head], pa.int32()), "n_neurons": pa.array([c.n_neurons], pa.int32()),
-        "n_positions": pa.array([c.n_positions], pa.int32()), "vocab_size": pa.array([c.vocab_size], pa.int32()),
-        "checkpoint_sha256": [s.ckpt.sha256], "data_version": [s.ckpt.data_version], "source": [s.ckpt.source],
-        "created_at": pa.array([dt.datetime.now(dt.timezone.utc)], pa.timestamp("us", tz="UTC")),
-    })
+    row = schema.rows_to_table("models", [{
+        "model": s.name, "n_layer": c.n_layer, "n_embd": c.n_embd, "n_head": c.n_head, "n_neurons": c.n_neurons,
+        "n_positions": c.n_positions, "vocab_size": c.vocab_size, "checkpoint_sha256": s.ckpt.sha256,
+        "data_version": s.ckpt.data_version, "source": s.ckpt.source, "created_at": dt.datetime.now(dt.timezone.utc),
+    }])
     snap = catalog.replace_if_changed("models", row, {"model": s.name}, f"models {s.name}", ignore=("created_at",))
     return {"model": s.name, "n_layer": c.n_layer, "n_neurons_per_layer": c.n_neurons, "d_model": c.n_embd,
             "vocab_size": c.vocab_size, "checkpoint_sha256": s.ckpt.sha256, "snapshot": snap}
@@ -154,8 +131,6 @@ def write_activations(
 
     Returns {"variants": {variant: {"records", "stats", "summary"}}, "fix_impact": rows or None,
     "seconds", "tokens" (per variant), "snapshot"}. Bad layers raise NxInputError before any write."""
-    from nx_dagster.connections import TokenSummary, eligible_tokens
-
     for v in variants:
         get_variant(v)
     cfg = s.ckpt.config
@@ -210,4 +185,4 @@ def _offset_neurons(table: pa.Table, offset: int) -> pa.Table:
     if not offset:
         return table
     i = table.schema.get_field_index("neuron")
-    return table.set_column(i, "neuron", pa.compute.add(table["neuron"], pa.scalar(offset, pa.int32())))
+    return table.set_column(i, "neuron", pa.compute.add(table["neuron"], pa.scalar(offset, table["neuron"].type)))

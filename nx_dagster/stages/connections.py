@@ -1,8 +1,7 @@
-"""Weight-based connections (neuron→neuron, neuron↔token) and the activation-based token summary.
+"""Stage `connections`: the `neuron_connections` and `token_connections` rows of some layers.
 
 Connections depend on the checkpoint's weights only (no GELU variant). `write_connections` computes the
-`neuron_connections` and `token_connections` rows of some layers and replaces those layers' partitions
-in the catalog, so writing twice leaves one copy.
+rows of some layers and replaces those layers' partitions in the catalog, so writing twice leaves one copy.
 """
 
 from __future__ import annotations
@@ -15,18 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from nx_dagster.connections.neurons import NEURON_SCHEMA, check_layers, neuron_connection_rows, neuron_topk
-from nx_dagster.connections.token_summary import SUMMARY_SCHEMA, TokenSummary, eligible_tokens
-from nx_dagster.connections.tokens import TOKEN_SCHEMA, token_connection_rows, token_topk
-from nx_dagster.connections.topk import RunningTopK, merge_topk, tile_topk
+from nx_dagster.connections.neurons import check_layers, neuron_connection_rows
+from nx_dagster.connections.tokens import token_connection_rows
+from nx_dagster.model.checkpoint import raw_weights
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "NEURON_SCHEMA", "TOKEN_SCHEMA", "SUMMARY_SCHEMA", "RunningTopK", "TokenSummary",
-    "eligible_tokens", "layer_summary", "merge_topk", "neuron_connection_rows", "neuron_topk", "tile_topk",
-    "token_connection_rows", "token_topk", "write_connections",
-]
 
 
 def _strongest(table: pa.Table, neuron_target: bool) -> str | None:
@@ -71,8 +63,6 @@ def write_connections(
     `token_connections` in one catalog snapshot (both or neither). Returns {"neuron_connections": rows,
     "token_connections": rows, "snapshot": snapshot id, "layers": layer_summary(...)}.
     """
-    from nx_dagster.model.checkpoint import raw_weights
-
     chosen = check_layers(layers, ckpt.config.n_layer)
     weights = raw_weights(ckpt)
     neurons = neuron_connection_rows(weights, ckpt.name, chosen, k, device)

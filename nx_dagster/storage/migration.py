@@ -1,26 +1,18 @@
-"""A catalog's tables brought to this version's schema (`schema.TABLES`), and the columns of each table.
+"""A catalog's tables brought to this version's schema (`schema.TABLES`).
 
 A catalog written by an earlier version lacks the tables and columns added since: `migrate` creates
-the missing tables and adds the missing columns (NULL in old rows), under the writer lock. This module
-is the one place that reads the DDL of `schema.TABLES` (`columns`, `migrate`).
+the missing tables and adds the missing columns (NULL in old rows), under the writer lock, with the
+DDL generated from the schemas (`schema.ddl`, `schema.columns`).
 """
 
 from __future__ import annotations
-
-import re
 
 import duckdb
 
 from nx_dagster.storage.attach import ALIAS
 from nx_dagster.storage.location import Location
 from nx_dagster.storage.locking import retry, writer_lock
-from nx_dagster.storage.schema import TABLES
-
-
-def columns(table: str) -> list[tuple[str, str]]:
-    """(name, SQL type) of each column of `table`, in order (parsed from its DDL in TABLES: commas
-    inside [] belong to the type)."""
-    return [tuple(col.strip().split(None, 1)) for col in re.split(r",(?![^\[]*\])", TABLES[table])]
+from nx_dagster.storage.schema import TABLES, columns, ddl
 
 
 def migrate(con: duckdb.DuckDBPyConnection, where: Location) -> None:
@@ -37,7 +29,7 @@ def migrate(con: duckdb.DuckDBPyConnection, where: Location) -> None:
     if missing or added:
         with writer_lock(where):
             for t in missing:
-                retry(where, lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({TABLES[t]})"))
+                retry(where, lambda t=t: con.execute(f"CREATE TABLE IF NOT EXISTS {t} ({ddl(t)})"))
             for t, name, sql_type in added:
                 retry(where, lambda t=t, n=name, ty=sql_type: con.execute(
                     f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {n} {ty}"))

@@ -1,69 +1,94 @@
-"""The public tables (PRODUCT.md §4). Columns may be added; none may be renamed.
+"""The public tables (PRODUCT.md §4): one Arrow schema per table, the only place that names their columns
+and types. Columns may be added; none may be renamed.
 
-`replace_keys` are the columns that identify one partition of a table: a write replaces every row
-that matches the incoming rows on those columns.
+The DuckDB DDL (`ddl`, `columns`: what the catalog creates and migrates, and the types a written file's
+columns are cast to) is generated from these schemas, and so are the writers' Arrow tables (`table`,
+`rows_to_table`) and the column reference docs/tables.md (`reference`).
 
 `source` (tables that `nxd import` fills): the URL of the published file a row was imported from; NULL
 for rows computed here.
 """
 
-TABLES: dict[str, str] = {
-    "models": """
-        model VARCHAR, n_layer INTEGER, n_embd INTEGER, n_head INTEGER, n_neurons INTEGER,
-        n_positions INTEGER, vocab_size INTEGER, checkpoint_sha256 VARCHAR, data_version VARCHAR,
-        source VARCHAR, created_at TIMESTAMP WITH TIME ZONE""",
-    "sequences": """
-        model VARCHAR, corpus VARCHAR, sequence_id BIGINT, document VARCHAR, start_token INTEGER,
-        token_ids INTEGER[], tokens VARCHAR[], source VARCHAR""",
-    "activation_records": """
-        model VARCHAR, corpus VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER, kind VARCHAR,
-        quantile INTEGER, rank INTEGER, split VARCHAR, sequence_id BIGINT, max_activation FLOAT,
-        activations FLOAT[], source VARCHAR""",
-    "neuron_stats": """
-        model VARCHAR, corpus VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER, n_tokens BIGINT,
-        mean DOUBLE, variance DOUBLE, skewness DOUBLE, kurtosis DOUBLE, max_activation DOUBLE,
-        quantile_boundaries DOUBLE[], source VARCHAR""",
-    "gelu_fix_impact": """
-        model VARCHAR, corpus VARCHAR, layer INTEGER, n BIGINT, median DOUBLE, p90 DOUBLE, p99 DOUBLE,
-        p999 DOUBLE, max DOUBLE, mean DOUBLE""",
-    "neuron_connections": """
-        model VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
-        other_layer INTEGER, other_neuron INTEGER, weight FLOAT, source VARCHAR""",
-    "token_connections": """
-        model VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
-        token_id INTEGER, token VARCHAR, weight FLOAT, source VARCHAR""",
-    "token_activation_summary": """
-        model VARCHAR, corpus VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER, rank INTEGER,
-        token_id INTEGER, token VARCHAR, mean_activation FLOAT, count BIGINT, source VARCHAR""",
-    "explanations": """
-        explanation_id VARCHAR, model VARCHAR, gelu_variant VARCHAR, layer INTEGER, neuron INTEGER,
-        explainer VARCHAR, explainer_model VARCHAR, prompt_version VARCHAR, candidate INTEGER,
-        explanation VARCHAR, failure_reason VARCHAR, created_at TIMESTAMP WITH TIME ZONE, source VARCHAR""",
-    "simulations": """
-        explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, gelu_variant VARCHAR,
-        explanation_gelu_variant VARCHAR, explainer VARCHAR, simulator VARCHAR, simulator_model VARCHAR, sequence_id BIGINT, kind VARCHAR, split VARCHAR,
-        expected_activations FLOAT[], true_activations FLOAT[], failure_reason VARCHAR, source VARCHAR""",
-    "scores": """
-        explanation_id VARCHAR, model VARCHAR, layer INTEGER, neuron INTEGER, explanation_gelu_variant VARCHAR,
-        gelu_variant VARCHAR, explainer VARCHAR, simulator VARCHAR, simulator_model VARCHAR, ev_correlation DOUBLE,
-        ev_correlation_top DOUBLE, ev_correlation_random DOUBLE, rsquared DOUBLE, absolute_dev_explained DOUBLE,
-        calibrated_rsquared DOUBLE, n_tokens BIGINT, failure_reason VARCHAR, n_sequences BIGINT,
-        n_failed_sequences BIGINT, source VARCHAR""",
-    "llm_calls": """
-        call_key VARCHAR, endpoint VARCHAR, model VARCHAR, kind VARCHAR, request_json VARCHAR,
-        response_json VARCHAR, status VARCHAR, http_status INTEGER, error VARCHAR, prompt_tokens BIGINT,
-        completion_tokens BIGINT, cost_usd DOUBLE, latency_s DOUBLE, attempts INTEGER,
-        created_at TIMESTAMP WITH TIME ZONE""",
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+
+VARCHAR, INTEGER, BIGINT = pa.string(), pa.int32(), pa.int64()
+FLOAT, DOUBLE = pa.float32(), pa.float64()
+TIMESTAMPTZ = pa.timestamp("us", tz="UTC")
+_SQL_TYPES = {VARCHAR: "VARCHAR", INTEGER: "INTEGER", BIGINT: "BIGINT", FLOAT: "FLOAT", DOUBLE: "DOUBLE",
+              TIMESTAMPTZ: "TIMESTAMP WITH TIME ZONE"}
+
+
+# table -> (one-line description, columns)
+_TABLES: dict[str, tuple[str, list[tuple[str, pa.DataType]]]] = {
+    "models": ("One row per model checkpoint: its shape and the checkpoint it was read from.", [
+        ("model", VARCHAR), ("n_layer", INTEGER), ("n_embd", INTEGER), ("n_head", INTEGER), ("n_neurons", INTEGER),
+        ("n_positions", INTEGER), ("vocab_size", INTEGER), ("checkpoint_sha256", VARCHAR),
+        ("data_version", VARCHAR), ("source", VARCHAR), ("created_at", TIMESTAMPTZ)]),
+    "sequences": ("The corpus sequences activations are recorded on, as token ids and token strings.", [
+        ("model", VARCHAR), ("corpus", VARCHAR), ("sequence_id", BIGINT), ("document", VARCHAR),
+        ("start_token", INTEGER), ("token_ids", pa.list_(INTEGER)), ("tokens", pa.list_(VARCHAR)), ("source", VARCHAR)]),
+    "activation_records": ("Per neuron, the top, random and quantile sequences with their activations.", [
+        ("model", VARCHAR), ("corpus", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("kind", VARCHAR), ("quantile", INTEGER), ("rank", INTEGER), ("split", VARCHAR), ("sequence_id", BIGINT),
+        ("max_activation", FLOAT), ("activations", pa.list_(FLOAT)), ("source", VARCHAR)]),
+    "neuron_stats": ("Per neuron, the moments, maximum and quantile boundaries of its activations.", [
+        ("model", VARCHAR), ("corpus", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("n_tokens", BIGINT), ("mean", DOUBLE), ("variance", DOUBLE), ("skewness", DOUBLE), ("kurtosis", DOUBLE),
+        ("max_activation", DOUBLE), ("quantile_boundaries", pa.list_(DOUBLE)), ("source", VARCHAR)]),
+    "gelu_fix_impact": ("Per layer (NULL: all layers), the distribution of |post_fix - pre_fix| activations.", [
+        ("model", VARCHAR), ("corpus", VARCHAR), ("layer", INTEGER), ("n", BIGINT), ("median", DOUBLE),
+        ("p90", DOUBLE), ("p99", DOUBLE), ("p999", DOUBLE), ("max", DOUBLE), ("mean", DOUBLE)]),
+    "neuron_connections": ("Per neuron, the top-k upstream and downstream neurons by weight, of each sign.", [
+        ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("direction", VARCHAR), ("sign", VARCHAR),
+        ("rank", INTEGER), ("other_layer", INTEGER), ("other_neuron", INTEGER), ("weight", FLOAT),
+        ("source", VARCHAR)]),
+    "token_connections": ("Per neuron, the top-k input and output tokens by weight, of each sign.", [
+        ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("direction", VARCHAR), ("sign", VARCHAR),
+        ("rank", INTEGER), ("token_id", INTEGER), ("token", VARCHAR), ("weight", FLOAT), ("source", VARCHAR)]),
+    "token_activation_summary": ("Per neuron, the tokens with the highest mean activation over the corpus.", [
+        ("model", VARCHAR), ("corpus", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("rank", INTEGER), ("token_id", INTEGER), ("token", VARCHAR), ("mean_activation", FLOAT),
+        ("count", BIGINT), ("source", VARCHAR)]),
+    "explanations": ("Explanations of neurons written by an explainer (an LLM or a baseline).", [
+        ("explanation_id", VARCHAR), ("model", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER),
+        ("neuron", INTEGER), ("explainer", VARCHAR), ("explainer_model", VARCHAR), ("prompt_version", VARCHAR),
+        ("candidate", INTEGER), ("explanation", VARCHAR), ("failure_reason", VARCHAR),
+        ("created_at", TIMESTAMPTZ), ("source", VARCHAR)]),
+    "simulations": ("Per explanation and scored sequence, the simulated and the true activations.", [
+        ("explanation_id", VARCHAR), ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("gelu_variant", VARCHAR), ("explanation_gelu_variant", VARCHAR), ("explainer", VARCHAR),
+        ("simulator", VARCHAR), ("simulator_model", VARCHAR), ("sequence_id", BIGINT), ("kind", VARCHAR),
+        ("split", VARCHAR), ("expected_activations", pa.list_(FLOAT)), ("true_activations", pa.list_(FLOAT)),
+        ("failure_reason", VARCHAR), ("source", VARCHAR)]),
+    "scores": ("Per explanation and simulator, how well the simulation matches the true activations.", [
+        ("explanation_id", VARCHAR), ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("explanation_gelu_variant", VARCHAR), ("gelu_variant", VARCHAR), ("explainer", VARCHAR),
+        ("simulator", VARCHAR), ("simulator_model", VARCHAR), ("ev_correlation", DOUBLE),
+        ("ev_correlation_top", DOUBLE), ("ev_correlation_random", DOUBLE), ("rsquared", DOUBLE),
+        ("absolute_dev_explained", DOUBLE), ("calibrated_rsquared", DOUBLE), ("n_tokens", BIGINT),
+        ("failure_reason", VARCHAR), ("n_sequences", BIGINT), ("n_failed_sequences", BIGINT), ("source", VARCHAR)]),
+    "llm_calls": ("Every LLM request and its outcome, copied from the call ledger.", [
+        ("call_key", VARCHAR), ("endpoint", VARCHAR), ("model", VARCHAR), ("kind", VARCHAR),
+        ("request_json", VARCHAR), ("response_json", VARCHAR), ("status", VARCHAR), ("http_status", INTEGER),
+        ("error", VARCHAR), ("prompt_tokens", BIGINT), ("completion_tokens", BIGINT), ("cost_usd", DOUBLE),
+        ("latency_s", DOUBLE), ("attempts", INTEGER), ("created_at", TIMESTAMPTZ)]),
     # Written only by a release (nx_dagster/storage/releases.py), never replaced: one row per release.
-    "releases": """
-        release VARCHAR, created_at TIMESTAMP WITH TIME ZONE, snapshot BIGINT, parent_release VARCHAR,
-        manifest VARCHAR, message VARCHAR, parent_snapshot BIGINT, n_rows BIGINT, n_files BIGINT,
-        total_bytes BIGINT, new_files BIGINT, new_bytes BIGINT""",
-    "release_neuron_changes": """
-        release VARCHAR, parent_release VARCHAR, model VARCHAR, gelu_variant VARCHAR, layer INTEGER,
-        neuron INTEGER, change VARCHAR, old_explanation_id VARCHAR, old_explanation VARCHAR, old_score DOUBLE,
-        new_explanation_id VARCHAR, new_explanation VARCHAR, new_score DOUBLE""",
+    "releases": ("One row per release: its snapshot, parent and manifest.", [
+        ("release", VARCHAR), ("created_at", TIMESTAMPTZ), ("snapshot", BIGINT), ("parent_release", VARCHAR),
+        ("manifest", VARCHAR), ("message", VARCHAR), ("parent_snapshot", BIGINT), ("n_rows", BIGINT),
+        ("n_files", BIGINT), ("total_bytes", BIGINT), ("new_files", BIGINT), ("new_bytes", BIGINT)]),
+    "release_neuron_changes": ("Per release, the neurons whose best explanation or best score changed.", [
+        ("release", VARCHAR), ("parent_release", VARCHAR), ("model", VARCHAR), ("gelu_variant", VARCHAR),
+        ("layer", INTEGER), ("neuron", INTEGER), ("change", VARCHAR), ("old_explanation_id", VARCHAR),
+        ("old_explanation", VARCHAR), ("old_score", DOUBLE), ("new_explanation_id", VARCHAR),
+        ("new_explanation", VARCHAR), ("new_score", DOUBLE)]),
 }
+TABLES: dict[str, pa.Schema] = {name: pa.schema(cols) for name, (_, cols) in _TABLES.items()}
+DESCRIPTIONS: dict[str, str] = {name: text for name, (text, _) in _TABLES.items()}
 
 # The tables a release freezes (the release bookkeeping itself is not part of a release's content).
 RELEASE_TABLES = ("releases", "release_neuron_changes")
@@ -85,3 +110,54 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "scores": ("explanation_id", "gelu_variant", "simulator", "simulator_model"),
     "llm_calls": ("call_key",),
 }
+
+
+def sql_type(t: pa.DataType) -> str:
+    """The DuckDB type of an Arrow type of these schemas (a list is its element type with `[]`)."""
+    if pa.types.is_list(t):
+        return f"{sql_type(t.value_type)}[]"
+    return _SQL_TYPES[t]
+
+
+def columns(table: str) -> list[tuple[str, str]]:
+    """(name, DuckDB type) of each column of `table`, in order."""
+    return [(f.name, sql_type(f.type)) for f in TABLES[table]]
+
+
+def ddl(table: str) -> str:
+    """The column list of `table`'s CREATE TABLE."""
+    return ", ".join(f"{name} {sql}" for name, sql in columns(table))
+
+
+def computed_schema(table: str) -> pa.Schema:
+    """`table`'s schema without `source`: the columns of the rows computed here (they leave it NULL)."""
+    schema = TABLES[table]
+    return schema.remove(schema.get_field_index("source"))
+
+
+def table(name: str, cols: Mapping[str, Any]) -> pa.Table:
+    """An Arrow table of `name`'s columns given in `cols` (arrays, numpy arrays or lists), in the table's
+    column order, each converted to its type there. A column `name` does not have is a ValueError."""
+    schema = TABLES[name]
+    unknown = sorted(set(cols) - set(schema.names))
+    if unknown:
+        raise ValueError(f"{name} has no columns {unknown}")
+    chosen = pa.schema([f for f in schema if f.name in cols])
+    return pa.table({f.name: cols[f.name] for f in chosen}, schema=chosen)
+
+
+def rows_to_table(name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """All of `name`'s columns from dict rows; a column the rows lack is NULL, a key not a column dropped."""
+    return table(name, {f.name: [r.get(f.name) for r in rows] for f in TABLES[name]})
+
+
+def reference() -> str:
+    """The column reference docs/tables.md: per table its description and its columns with DuckDB types."""
+    out = ["# Tables", "",
+           "The public tables and their columns (PRODUCT.md §4). Generated from `nx_dagster/storage/schema.py`",
+           "by `schema.reference()`; tests/test_schema.py checks that this file matches it.", ""]
+    for name in TABLES:
+        out += [f"## `{name}`", "", DESCRIPTIONS[name], "", "| column | type |", "| --- | --- |"]
+        out += [f"| `{col}` | {sql} |" for col, sql in columns(name)]
+        out.append("")
+    return "\n".join(out)

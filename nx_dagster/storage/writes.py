@@ -34,8 +34,7 @@ from nx_dagster.storage import data_files
 from nx_dagster.storage.attach import ALIAS, retryable
 from nx_dagster.storage.location import Location
 from nx_dagster.storage.locking import retry, writer_lock
-from nx_dagster.storage.migration import columns
-from nx_dagster.storage.schema import TABLES
+from nx_dagster.storage.schema import TABLES, columns
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], duckdb.DuckDBPyConnection]
