@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from nx_dagster.activations.fix_impact import fix_impact
+from nx_dagster.activations.passes import fix_impact
 from nx_dagster.model import open_checkpoint
 from tests.checkpoints import build_checkpoint
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from nx_dagster.activations import RecorderSettings, record
-from nx_dagster.activations.fix_impact import fix_impact
-from nx_dagster.activations.passes import record_pass
+from nx_dagster.activations.passes import fix_impact, record_pass
 from nx_dagster.corpus import CorpusSpec
 from nx_dagster.model import open_checkpoint
 from nx_dagster.stages.activations import write_activations, write_sequences

@@ -18,7 +18,8 @@ import torch
 
 from nx_dagster import settings
 from nx_dagster.activations.keys import _ID_MAX, _M32, NEG_ZERO, QNAN
-from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
+from nx_dagster.activations.layer_state import LayerState, toy
+from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_guesses
 
 try:  # numba is a dependency; without it (an unsupported Python, say) the torch path runs instead
     import numba
@@ -27,8 +28,6 @@ except ImportError:  # pragma: no cover - exercised only where numba cannot inst
 
 _EDGES = EDGES.numpy()
 _Q = np.array(QUANTILES, dtype=np.float64)
-# The bucket of the float32 whose top 16 bits are i (low bits zero): where `_bucket` starts looking.
-_GUESS = bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.float32)).to(torch.int32).numpy()
 
 
 def available() -> bool:
@@ -203,8 +202,9 @@ if numba is not None:
                 _insert_best(bin_keys, bin_acts, bin_floor, bn * n_neurons + n, bin_c[bn], n_bin[bn], post[n], seq_ids)
 
 
-def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
-    """Apply one batch to LayerRecorder `rec`; nbt [N, B, T] float32 contiguous on the CPU."""
+def update(rec: LayerState, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
+    """Apply one batch to the layer's state `rec`; nbt [N, B, T] float32 contiguous on the CPU. The kernel
+    is compiled (or loaded from numba's cache) on the first call."""
     mom, sk = rec.moments, rec.sketch
     if mom.shift is None:
         mom.shift = nbt.reshape(nbt.shape[0], -1).mean(dim=1)
@@ -212,10 +212,10 @@ def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None
         rec.boundaries = torch.zeros((nbt.shape[0], len(QUANTILES)), dtype=torch.float64)
     np_ = lambda t: t.numpy()  # noqa: E731 - views, no copies
     _update(np_(nbt), np_(seq_ids), np_(mom.shift), np_(mom.sums), np_(mom.max), np_(sk.counts),
-            np_(rec.boundaries), refresh, np_(rec._salt),
+            np_(rec.boundaries), refresh, np_(rec.salt),
             np_(rec.top.keys), np_(rec.top.acts), np_(rec.top.floor),
             np_(rec.random.keys), np_(rec.random.acts), np_(rec.random.floor),
-            np_(rec.bins.keys), np_(rec.bins.acts), np_(rec.bins.floor), _EDGES, _Q, _GUESS)
+            np_(rec.bins.keys), np_(rec.bins.acts), np_(rec.bins.floor), _EDGES, _Q, np_(bucket_guesses()))
     mom.n += nbt.shape[1] * nbt.shape[2]
 
 
@@ -223,10 +223,7 @@ def warm() -> bool:
     """Compile (or load from numba's cache) the kernel on a toy batch; False where it cannot run."""
     if not available():
         return False
-    from nx_dagster.activations.recorder import LayerRecorder, RecorderSettings
-
-    rec = LayerRecorder(0, torch.arange(2), 4, RecorderSettings(top_k=1, random_k=1, quantile_k=1), "cpu")
-    update(rec, torch.arange(3), torch.rand(2, 3, 4), refresh=True)
+    update(toy("cpu"), torch.arange(3), torch.rand(2, 3, 4), refresh=True)
     return True
 
 

@@ -2,7 +2,8 @@
 
 Both variants run the whole model, so differences compound through the layers exactly as they did in
 the published data; the activations compared are those the recorder sees (the same neuron-major
-forward passes, so a recording pass computes the fix impact on the side: `passes.record_pass`).
+forward passes, so a recording pass computes the fix impact on the side: `passes.record_pass`; alone:
+`passes.fix_impact`).
 
 The distribution is kept in a histogram whose buckets are read off the float32 bits of each
 difference (as in HdrHistogram): for a non-negative float the bits, read as an integer, grow with the
@@ -15,13 +16,10 @@ corpus; `max`, `mean` and `n` are exact.
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import torch
-
-from nx_dagster.model.gpt2 import GPT2
 
 D_MIN, D_MAX = 1e-9, 1e3  # bucket 0 holds differences below D_MIN's bucket; the last one D_MAX and above
 SHIFT = 13  # mantissa bits dropped: 23 - 13 = 10 bits kept, relative bucket width <= 2^-10
@@ -99,11 +97,3 @@ class DiffHistogram:
         nrows = len(out["layer"])
         return pa.table({"model": [model] * nrows, "corpus": [corpus] * nrows,
                          "layer": pa.array(out.pop("layer"), pa.int32()), **out})
-
-
-def fix_impact(model: GPT2, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> DiffHistogram:
-    """Run pre_fix and post_fix on every batch of (sequence ids, token ids [B, T]) and histogram the
-    per-activation differences: the same forward passes as recording (`passes.record_pass`)."""
-    from nx_dagster.activations.passes import record_pass  # (that module builds on this one)
-
-    return record_pass(model, batches, {}, fix_impact=True).fix_impact

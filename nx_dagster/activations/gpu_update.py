@@ -2,10 +2,8 @@
 synchronization, so batches queue back to back; on the CPU the same kernels run in Triton's
 interpreter (how the tests hold them to the other paths).
 
-`load()` imports the kernels once. Triton decides at its own import whether it interprets, so with a
-CPU-only torch this module asks for interpreter mode (TRITON_INTERPRET=1) before anything imports
-Triton; where Triton was imported earlier without it, `usable()` says the kernels cannot run
-on the CPU. Torch's CUDA wheels ship Triton; `pip install triton` adds it for the CPU tests.
+`load()` imports the kernels once, when the Triton path is first considered (`usable`, `update`).
+Torch's CUDA wheels ship Triton; `pip install triton` adds it for the CPU tests.
 """
 
 from __future__ import annotations
@@ -16,14 +14,10 @@ import sys
 
 import torch
 
-from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_of
+from nx_dagster.activations.layer_state import LayerState, toy
+from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_guesses
 
 log = logging.getLogger(__name__)
-if "triton" not in sys.modules and not torch.backends.cuda.is_built():
-    # a CPU-only torch: compiled Triton cannot run, so interpret (a build-time check: no CUDA
-    # driver call here, which would spoil forked worker processes)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 _STATE: dict[str, object] = {}
 _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -31,6 +25,13 @@ _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 def load():
     """The kernel module, or None (with the reason logged once) where Triton cannot run them."""
     if "module" not in _STATE:
+        if "triton" not in sys.modules and not torch.backends.cuda.is_built():
+            # A CPU-only torch: compiled Triton cannot run, so ask for its interpreter. Triton reads
+            # TRITON_INTERPRET once, at its own import, so this is set in the process environment just
+            # before the kernels import it, and only then; where Triton was imported earlier without
+            # it, `usable()` says the kernels cannot run on the CPU. (`is_built` is a build-time check:
+            # no CUDA driver call, which would spoil forked worker processes.)
+            os.environ.setdefault("TRITON_INTERPRET", "1")
         try:
             from nx_dagster.activations import triton_kernels
 
@@ -68,8 +69,7 @@ def usable(device: torch.device) -> bool:
 def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The sketch's bucket edges (float64) and the bucket guess of every float32 top-16-bit pattern."""
     if device not in _CONSTANTS:
-        guess = bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.float32)).to(torch.int32)
-        _CONSTANTS[device] = (EDGES.to(device), guess.to(device))
+        _CONSTANTS[device] = (EDGES.to(device), bucket_guesses().to(device))
     return _CONSTANTS[device]
 
 
@@ -77,8 +77,8 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
-    """Apply one batch to LayerRecorder `rec`: seq_ids [B] int64 and nbt [N, B, T] (contiguous, any
+def update(rec: LayerState, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None:
+    """Apply one batch to the layer's state `rec`: seq_ids [B] int64 and nbt [N, B, T] (contiguous, any
     float dtype) on the recorder's device. Two kernel launches per layer (and the sketch's boundaries
     on refresh batches: a few torch ops), nothing read back to the host."""
     if nbt.is_cuda and nbt.device != torch.device("cuda", torch.cuda.current_device()):
@@ -98,7 +98,7 @@ def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None
     if refresh or rec.boundaries is None:
         rec.boundaries = sk.boundaries()
     stores = (rec.top, rec.random, rec.bins)
-    k.merge[(n,)](nbt, seq_max, seq_ids, rec._salt, rec.boundaries, b, t,
+    k.merge[(n,)](nbt, seq_max, seq_ids, rec.salt, rec.boundaries, b, t,
                   rec.top.keys, rec.top.acts, rec.top.floor, rec.top.k,
                   rec.random.keys, rec.random.acts, rec.random.floor, rec.random.k,
                   rec.bins.keys, rec.bins.acts, rec.bins.floor, rec.bins.k,
@@ -109,10 +109,7 @@ def update(rec, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: bool) -> None
 
 def _smoke(device: torch.device) -> None:
     """Run both kernels once on a toy batch (compiles them; raises where they cannot run)."""
-    from nx_dagster.activations.recorder import LayerRecorder, RecorderSettings
-
-    rec = LayerRecorder(0, torch.arange(2), 4, RecorderSettings(top_k=1, random_k=1, quantile_k=1), device,
-                        path="torch")
+    rec = toy(device)
     update(rec, torch.arange(3, device=device), torch.rand(2, 3, 4, device=device), refresh=True)
     if int(rec.top.keys.min()) < 0:
         raise RuntimeError("the toy batch left an empty top slot")

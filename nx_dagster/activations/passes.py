@@ -74,3 +74,9 @@ def record_pass(
     if tokens == 0:
         raise ValueError("no sequences to record")
     return PassResult({v: r.finish() for v, r in recorders.items()}, hist, tokens)
+
+
+def fix_impact(model: GPT2, batches: Iterable[Batch]) -> DiffHistogram:
+    """Run pre_fix and post_fix on every batch of (sequence ids, token ids [B, T]) and histogram the
+    per-activation differences: the same forward passes as recording (`record_pass`)."""
+    return record_pass(model, batches, {}, fix_impact=True).fix_impact

@@ -17,16 +17,16 @@ import torch
 
 from nx_dagster import settings
 from nx_dagster.activations import cpu_kernel, gpu_update
-from nx_dagster.activations.keys import hash_key, key_seq_id, neuron_salt, rotate_key, value_key
-from nx_dagster.activations.moments import Moments
-from nx_dagster.activations.sketch import MaxSketch, bin_of
-from nx_dagster.activations.store import EMPTY, Activations, TopKStore, take_rows
+from nx_dagster.activations.keys import hash_key, key_seq_id, rotate_key, value_key
+from nx_dagster.activations.layer_state import N_BINS, LayerState
+from nx_dagster.activations.sketch import bin_of
+from nx_dagster.activations.store import EMPTY, Activations, take_rows
 from nx_dagster.activations.transfer import records_to_host, to_device
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.gpt2 import GPT2
+from nx_dagster.vocab import RECORDER_VERSION
 
 log = logging.getLogger(__name__)
-N_BINS = 5
 Batch = tuple[torch.Tensor, torch.Tensor]  # (sequence ids [B] int64, token ids [B, T] int64)
 
 
@@ -41,7 +41,7 @@ class RecorderSettings:
     @property
     def version(self) -> str:
         """Changes whenever the recorded tables would: part of the assets' code_version."""
-        text = "recorder-v3:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
+        text = f"{RECORDER_VERSION}:" + ",".join(f"{k}={v}" for k, v in sorted(asdict(self).items()) if k != "batch_size")
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -76,28 +76,18 @@ def choose_path(device: torch.device) -> str:
     return "dense" if env == "dense" else "torch"
 
 
-class LayerRecorder:
+class LayerRecorder(LayerState):
+    """Applies each batch to the layer's state by the path `choose_path` picks, and gives the records."""
+
     _REFRESH = {0, 1, 2, 4, 8, 16}
 
     def __init__(self, layer: int, neurons: torch.Tensor, seq_len: int, s: RecorderSettings, device,
                  path: str | None = None):
-        n = len(neurons)
-        self.layer, self.neurons, self.s = layer, neurons.to(device), s
-        self.lo, self.hi = int(neurons[0]), int(neurons[-1]) + 1
-        if self.hi - self.lo != n:
-            raise ValueError("neurons must be a contiguous range")
-        self.top = TopKStore(n, s.top_k, seq_len, device)
-        self.random = TopKStore(n, s.random_k, seq_len, device)
-        # One store for the five bins side by side (row b·N + n = bin b of neuron n), with twice the quota
-        # per bin: candidates binned against the running estimate may move bins at the end.
-        self.bins = TopKStore(N_BINS * n, 2 * s.quantile_k, seq_len, device)
+        super().__init__(layer, neurons, seq_len, s.top_k, s.random_k, s.quantile_k, s.seed, device)
+        self.s = s
         self._bin_ids = torch.arange(N_BINS, device=device)
-        self._bin_src = torch.arange(N_BINS * n, device=device) % n  # the batch column of each bin row
-        self.sketch = MaxSketch(n, device)
-        self.moments = Moments(n, device)
+        self._bin_src = torch.arange(N_BINS * len(neurons), device=device) % len(neurons)  # each bin row's column
         self.batches = 0
-        self._salt = neuron_salt(s.seed, layer, self.neurons)
-        self.boundaries: torch.Tensor | None = None
         self._path = path or choose_path(torch.device(device))
 
     def update(self, seq_ids: torch.Tensor, post: torch.Tensor) -> None:
@@ -116,7 +106,7 @@ class LayerRecorder:
         seq_max = post.amax(dim=1)  # [B, N] (a contiguous reduction when post is neuron-major)
         acts = Activations(post)
         self.top.update(value_key(seq_max, seq_ids), acts, dense=dense)
-        rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self._salt)
+        rkey = hash_key(self.s.seed, self.layer, self.neurons, seq_ids, salt=self.salt)
         self.random.update(rkey, acts, dense=dense)
         self.sketch.update(seq_max)
         if refresh:

@@ -11,6 +11,7 @@ against the reported boundaries, so it is exact for them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -52,6 +53,13 @@ def _edges_on(device: torch.device) -> torch.Tensor:
 def bucket_of(values: torch.Tensor) -> torch.Tensor:
     """The bucket of each value: the first i with v <= EDGES[i] (NaN goes to the last bucket)."""
     return torch.searchsorted(_edges_on(values.device), values.double().contiguous()).clamp_(max=N_BUCKETS - 1)
+
+
+@functools.cache
+def bucket_guesses() -> torch.Tensor:
+    """[2^16] int32 on the CPU: the bucket of the float32 whose top 16 bits are i (low bits zero), where
+    the kernels (`cpu_kernel`, `triton_kernels`) start looking for a value's bucket. Built on first use."""
+    return bucket_of((torch.arange(1 << 16, dtype=torch.int32) << 16).view(torch.float32)).to(torch.int32)
 
 
 def upper_edge(bucket: torch.Tensor) -> torch.Tensor:
