@@ -66,12 +66,13 @@ def test_fuzzing_shifts_half_the_highlights_and_the_offline_judge_sees_it():
 
 def test_intruder_trials_and_offline_judge():
     own, other = neuron(" The", n=1), neuron(" import", n=2, seed=3)
-    trials = ex.intruder_trials(own, [own, other], seed=0)
+    pool = ex.activating([own, other])
+    trials = ex.intruder_trials(pool[0], pool, seed=0)
     assert len(trials) == 3  # 12 activating excerpts of its own, 4 per trial
     for t in trials:
         assert len(t.excerpts) == 5 and not t.excerpts[t.intruder].truth
         assert offline_intruder(t) == t.intruder
-    assert ex.intruder_trials(own, [own], seed=0) == []  # no other neuron: no trial
+    assert ex.intruder_trials(pool[0], pool[:1], seed=0) == []  # no other neuron: no trial
 
 
 def test_a_silent_neuron_gets_no_excerpts():

@@ -81,8 +81,9 @@ def auroc(truth: np.ndarray, probability: np.ndarray) -> float | None:
 
 def resample_counts(n_units: int, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
     """[n_resamples, n_units] counts: how often each unit is drawn in each resample (n_units draws)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_resamples)
+    draws = np.random.default_rng(seed).integers(0, n_units, size=(n_resamples, n_units))
+    draws += np.arange(n_resamples)[:, None] * n_units  # one bincount over all resamples
+    return np.bincount(draws.ravel(), minlength=n_resamples * n_units).reshape(n_resamples, n_units)
 
 
 def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:

@@ -163,10 +163,15 @@ def intruder_rows(neurons: Sequence[NeuronRecords], judge: Judge, seed: int = 0,
                   k: int = ex.TRIAL_SIZE) -> list[dict]:
     """One row per neuron; the other neurons of the same layer and lineage supply the intruders."""
     plans, requests = [], []
+    pools: dict[tuple, list[ex.Activating]] = {}
+    for a in ex.activating(list(neurons)):
+        pools.setdefault((a.records.model, a.records.gelu_variant, a.records.layer), []).append(a)
+    firing = {a.records.key + (a.records.gelu_variant,): a for pool in pools.values() for a in pool}
     for records in neurons:
         row_seed = ex.seed_of(records, judges.INTRUDER, seed)
-        others = [o for o in neurons if o.layer == records.layer and o.gelu_variant == records.gelu_variant]
-        trials = ex.intruder_trials(records, others, row_seed, k=k)
+        own = firing.get(records.key + (records.gelu_variant,))
+        pool = pools.get((records.model, records.gelu_variant, records.layer), [])
+        trials = ex.intruder_trials(own, pool, row_seed, k=k) if own is not None else []
         plans.append((records, row_seed, trials, len(requests)))
         if not judge.offline:
             requests += [LLMRequest("chat", judge.model, judges.judge_params(

@@ -125,27 +125,46 @@ def fuzzing_excerpts(records: NeuronRecords, seed: int, n: int = N_FUZZING) -> l
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def intruder_trials(records: NeuronRecords, others: list[NeuronRecords], seed: int, n_trials: int = N_TRIALS,
+@dataclass(frozen=True)
+class Activating:
+    """A neuron's threshold and its activating records, computed once for every trial that uses them."""
+
+    records: NeuronRecords
+    tau: float
+    excerpts: tuple[ActivationRecord, ...]
+
+
+def activating(neurons: list[NeuronRecords]) -> list[Activating]:
+    """The neurons that fire (a threshold and at least one activating record)."""
+    out = []
+    for n in neurons:
+        tau = threshold(n)
+        if tau is not None:
+            found = _activating(n, tau)
+            if found:
+                out.append(Activating(n, tau, tuple(found)))
+    return out
+
+
+def intruder_trials(own: Activating, pool: list[Activating], seed: int, n_trials: int = N_TRIALS,
                     k: int = TRIAL_SIZE) -> list[Trial]:
-    """Trials of `k` of the neuron's activating excerpts and one of another neuron's; fewer trials when
-    the records run out, [] without another neuron that activates."""
-    tau = threshold(records)
+    """Trials of `k` of the neuron's activating excerpts and one activating excerpt of another neuron of
+    `pool`; fewer trials when the records run out, [] without another neuron."""
     rng = np.random.default_rng(seed)
-    candidates = [o for o in others if o.key != records.key and threshold(o) is not None]
-    if tau is None or not candidates:
+    candidates = [o for o in pool if o.records.key != own.records.key]
+    if not candidates:
         return []
-    own = _activating(records, tau)
-    order = [own[i] for i in rng.permutation(len(own))]
+    order = [own.excerpts[i] for i in rng.permutation(len(own.excerpts))]
+    mine = {r.sequence_id for r in own.excerpts}
     trials = []
     for t in range(min(n_trials, len(order) // k)):
         other = candidates[int(rng.integers(len(candidates)))]
-        other_tau = threshold(other)
-        pool = [r for r in _activating(other, other_tau) if r.sequence_id not in {x.sequence_id for x in own}]
-        if not pool:
+        choices = [r for r in other.excerpts if r.sequence_id not in mine]
+        if not choices:
             continue
-        odd = pool[int(rng.integers(len(pool)))]
-        excerpts = [_excerpt(r, True, _active_positions(r, tau)) for r in order[t * k:(t + 1) * k]]
+        odd = choices[int(rng.integers(len(choices)))]
+        excerpts = [_excerpt(r, True, _active_positions(r, own.tau)) for r in order[t * k:(t + 1) * k]]
         at = int(rng.integers(k + 1))
-        excerpts.insert(at, _excerpt(odd, False, _active_positions(odd, other_tau)))
+        excerpts.insert(at, _excerpt(odd, False, _active_positions(odd, other.tau)))
         trials.append(Trial(tuple(excerpts), at))
     return trials

@@ -57,7 +57,7 @@ INTRUDER_SCHEMA = _answers_schema("intruder_answer", "intruder", "integer")
 # -- offline ---------------------------------------------------------------------------------------
 def offline_detection(explanation: str, excerpts: Sequence[Excerpt]) -> list[float]:
     named = token_matcher(explanation)
-    return [1.0 if any(named(t) for t in e.tokens) else 0.0 for e in excerpts]
+    return [1.0 if named.any_of(e.tokens) else 0.0 for e in excerpts]
 
 
 def offline_fuzzing(explanation: str, excerpts: Sequence[Excerpt]) -> list[float]:

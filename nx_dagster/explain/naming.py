@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _STOP = {"the", "an", "of", "and", "or", "to", "in", "on", "for", "with", "is", "are", "this", "that", "word",
@@ -33,10 +32,23 @@ def named_words(explanation: str) -> set[str]:
     return {w for w in re.findall(r"\w+", explanation.lower()) if len(w) > 1 and w not in _STOP}
 
 
-def token_matcher(explanation: str) -> Callable[[str], bool]:
-    """A test of whether a token is named by `explanation` (see the module's rule)."""
-    quoted = quoted_tokens(explanation)
-    if quoted:
-        return lambda token: token in quoted
-    words = named_words(explanation)
-    return lambda token: bool(token.strip()) and token.strip().lower() in words
+class TokenMatcher:
+    """Whether a token is named by an explanation (see the module's rule); `any_of` for many tokens."""
+
+    def __init__(self, explanation: str):
+        self.quoted = quoted_tokens(explanation)
+        self.words = set() if self.quoted else named_words(explanation)
+
+    def __call__(self, token: str) -> bool:
+        if self.quoted:
+            return token in self.quoted
+        return bool(token.strip()) and token.strip().lower() in self.words
+
+    def any_of(self, tokens) -> bool:
+        if self.quoted:
+            return not self.quoted.isdisjoint(tokens)
+        return any(self(t) for t in tokens)
+
+
+def token_matcher(explanation: str) -> TokenMatcher:
+    return TokenMatcher(explanation)
