@@ -1,5 +1,5 @@
 """The README's main job on the embedded defaults (bundled model and corpus, offline explainer), and
-every SQL query the README shows, run against what it produced: each must return rows."""
+every SQL query the README and docs/ show, run against what it produced: each must return rows."""
 
 import json
 import re
@@ -13,7 +13,8 @@ from nxd.cli import main
 from nx_dagster.model import open_checkpoint
 from nx_dagster.storage import Catalog
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README and the reference pages
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,13 @@ def test_every_stage_for_every_neuron_in_both_lineages(home):
 
 
 def _readme_sql_blocks() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    return [b for page in DOCS for b in re.findall(r"```sql\n(.*?)```", page.read_text(), re.S)]
 
 
 def _readme_nxd_sql_commands() -> list[list[str]]:
-    """The arguments of every `nxd sql ...` line in the README's bash blocks."""
+    """The arguments of every `nxd sql ...` line in the bash blocks of the README and docs/."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    for block in [b for page in DOCS for b in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S)]:
         for line in block.splitlines():
             m = re.match(r"\s*(?:\S*/)?nxd sql (.*)", line)
             if m:

@@ -1,4 +1,4 @@
-"""The README's "Object storage" commands, run as written (a free port for the server, HOME in tmp so the
+"""The "Object storage" commands of docs/storage.md, run as written (a free port for the server, HOME in tmp so the
 default local state folder lands there): the main job's activations stage, a release, a query and a
 Parquet export, all against a local S3 server."""
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_block(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "storage.md").read_text()
     section = text[text.index(title):]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
@@ -24,7 +24,7 @@ def test_object_storage_commands_work_as_written(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = readme_block("### Object storage").replace("9000", str(port))
+    script = readme_block("## Object storage").replace("9000", str(port))
     script = script.replace("--max-sequences 64", "--max-sequences 16")  # the same commands, a smaller corpus
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NX_", "DAGSTER_"))}
     env["HOME"] = str(tmp_path)
