@@ -15,10 +15,8 @@ from assets import metadata as meta
 from assets.metadata import schema
 from assets.partitions import layers, register_layers
 from assets.resources import NxResource
-from nx_dagster.activations.fix_impact import QUANTILES
-from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
-from nx_dagster.stages import activations as stage
+from nx_dagster.vocab import GELU_FORMULAS, GELU_MEANINGS, GELU_VARIANTS, RANDOM, RECORDER_VERSION, TOP
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
@@ -30,6 +28,8 @@ OPENAI_GPT2_SMALL = {"median": 0.0090, "p90": 0.0252, "p99": 0.0839, "p999": 0.1
 def model_asset(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """The subject checkpoint: one row of `models`. Its data version is the checkpoint's hash, so new
     weights mark everything downstream stale. Registers one `layers` partition per layer."""
+    from nx_dagster.stages import activations as stage  # torch code: imported by a run, not by the code location
+
     nx.validate()  # the whole corpus too: nothing is written before every input checks out
     s = nx.subject
     meta = stage.write_model(nx.catalog, s)
@@ -47,6 +47,8 @@ SEQUENCES_VERSION = "sequences-v1"
 def sequences(context: dg.AssetExecutionContext, nx: NxResource) -> dg.MaterializeResult:
     """The corpus cut into fixed-length token sequences with stable ids (table `sequences`). Its data
     version is the corpus identity (content + cutting settings) with the tokenizer's checkpoint."""
+    from nx_dagster.stages import activations as stage
+
     meta = stage.write_sequences(nx.catalog, nx.subject)
     context.log.info(f"{meta['sequences']:,} sequences of {meta['seq_len']} tokens from corpus {meta['corpus']!r}")
     return dg.MaterializeResult(metadata={**meta, **nx.provenance(), "dagster/row_count": meta["sequences"]},
@@ -73,13 +75,13 @@ def _check_results(key, records, stats, expect_top: int, expect_random: int, abo
     neuron = records["neuron"].to_numpy()
     layer = records["layer"].to_numpy()
     mx = records["max_activation"].to_numpy()
-    top = kind == "top"
+    top = kind == TOP
     # rows are ordered by neuron then rank; within a neuron the max must not increase with rank
     same = (neuron[1:] == neuron[:-1]) & (layer[1:] == layer[:-1]) & top[1:] & top[:-1]
     unsorted = int(np.sum(same & (mx[1:] > mx[:-1])))
     n_neurons = stats.num_rows
     short_top = n_neurons * expect_top - int(top.sum())
-    short_random = n_neurons * expect_random - int((kind == "random").sum())
+    short_random = n_neurons * expect_random - int((kind == RANDOM).sum())
     return [
         dg.AssetCheckResult(check_name="no_nan", asset_key=key, passed=nan_records + nan_stats == 0,
                             metadata={**about, "nan_activations": nan_records, "nan_or_null_means": nan_stats}),
@@ -92,10 +94,10 @@ def _check_results(key, records, stats, expect_top: int, expect_random: int, abo
 
 # The recording code's version; the settings a run used (top_k, random_k, quantile_k, seed, dtype, device)
 # enter each materialization's data version, whichever way they were set.
-ACTIVATIONS_VERSION = "activations-v1-recorder-v2"
+ACTIVATIONS_VERSION = f"activations-v1-{RECORDER_VERSION}"
 # v3: the differences of the recording's own (neuron-major) forward passes, float-bit buckets
 FIX_IMPACT_VERSION = "fix-impact-v3"
-ACTIVATION_KEYS = {v: dg.AssetKey([v, "activations"]) for v in VARIANTS}
+ACTIVATION_KEYS = {v: dg.AssetKey([v, "activations"]) for v in GELU_VARIANTS}
 FIX_IMPACT_KEY = dg.AssetKey("gelu_fix_impact")
 
 
@@ -103,8 +105,8 @@ def _specs() -> list[dg.AssetSpec]:
     specs = [dg.AssetSpec(
         key, deps=["model", "sequences"], partitions_def=layers, group_name=v, kinds={"pytorch", "duckdb"},
         code_version=ACTIVATIONS_VERSION,
-        description=f"Activation records and neuron stats with GELU `{v}` = `{VARIANTS[v].formula}` "
-                    f"({VARIANTS[v].meaning}). One partition = one layer (tables activation_records, "
+        description=f"Activation records and neuron stats with GELU `{v}` = `{GELU_FORMULAS[v]}` "
+                    f"({GELU_MEANINGS[v]}). One partition = one layer (tables activation_records, "
                     "neuron_stats, token_activation_summary).") for v, key in ACTIVATION_KEYS.items()]
     specs.append(dg.AssetSpec(
         FIX_IMPACT_KEY, deps=["model", "sequences"], group_name="gelu_fix", kinds={"pytorch", "duckdb"},
@@ -123,6 +125,9 @@ def activations(context: dg.AssetExecutionContext, nx: NxResource, config: Activ
     """Both GELU lineages and the fix impact from one pass over the corpus: each batch runs each selected
     variant once, and |post_fix − pre_fix| comes from those same activations. Any subset works: one
     variant, some layers, or the fix impact alone (then nothing is recorded)."""
+    from nx_dagster.activations.fix_impact import QUANTILES
+    from nx_dagster.stages import activations as stage
+
     s = nx.subject
     selected = context.selected_asset_keys
     variants = [v for v, key in ACTIVATION_KEYS.items() if key in selected]
@@ -149,7 +154,7 @@ def activations(context: dg.AssetExecutionContext, nx: NxResource, config: Activ
         yield dg.MaterializeResult(
             asset_key=key, data_version=nx.data_version(ACTIVATIONS_VERSION, variant=v, **settings),
             metadata={**run_wide, "settings": settings, "gelu_variant": v,
-                      "formula": dg.MetadataValue.text(VARIANTS[v].formula),
+                      "formula": dg.MetadataValue.text(GELU_FORMULAS[v]),
                       "dagster/column_schema": schema(tables["records"]), "pass_layers": layer_list},
             check_results=_check_results(key, tables["records"], tables["stats"], min(nx.top_k, n_seq),
                                          min(nx.random_k, n_seq), {**nx.provenance(), "layers": layer_list}),

@@ -8,6 +8,7 @@ from assets.explain import EXPLAIN_ASSETS
 from assets.llm import LLMResource
 from assets.release import RELEASE_ASSETS
 from assets.resources import NxResource
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
 
 
 @dg.definitions
@@ -18,11 +19,11 @@ def defs() -> dg.Definitions:
         resources={"nx": NxResource(), "llm": LLMResource()},
         jobs=[
             dg.define_asset_job("activations_job", selection=dg.AssetSelection.assets(
-                "model", "sequences", ["pre_fix", "activations"], ["post_fix", "activations"], "gelu_fix_impact")),
+                "model", "sequences", *[[v, "activations"] for v in GELU_VARIANTS], "gelu_fix_impact")),
             dg.define_asset_job("connections_job", selection=dg.AssetSelection.assets("connections")),
             dg.define_asset_job("explain_job", selection=dg.AssetSelection.assets(
-                *[[v, a] for v in ("pre_fix", "post_fix") for a in ("explanations", "scores")],
-                ["post_fix", "scores_of_pre_fix_explanations"])),
+                *[[v, a] for v in GELU_VARIANTS for a in ("explanations", "scores")],
+                [POST_FIX, f"scores_of_{PRE_FIX}_explanations"])),
             dg.define_asset_job("release_job", selection=dg.AssetSelection.assets("release"),
                                 description="Freeze every table into a named release (config: name, message)."),
         ],

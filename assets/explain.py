@@ -21,9 +21,8 @@ from assets.partitions import layers
 from assets.resources import NxResource
 from nx_dagster.hashing import short_digest
 from nx_dagster.explain import EXPLAIN_PROMPT_VERSION, SIMULATOR_VERSIONS, TOKEN_LOOKUP_VERSION
-from nx_dagster.model.gelu import VARIANTS
 from nx_dagster.ranges import contiguous_runs, parse_ranges
-from nx_dagster.stages import explain as stage
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX, TOKEN_LOOKUP
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
@@ -62,11 +61,13 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, nx: NxResource, llm: LLMResource,
                config: NeuronsConfig) -> dg.MaterializeResult:
+        from nx_dagster.stages import explain as stage  # imports torch code: by a run, not at load
+
         s = nx.subject
         explainer = llm.explainer_name
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
-        client = llm.client(nx.catalog, explainer != "token_lookup")
+        client = llm.client(nx.catalog, explainer != TOKEN_LOOKUP)
         if client is not None:
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
@@ -116,11 +117,13 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
     )
     def _asset(context: dg.AssetExecutionContext, nx: NxResource, llm: LLMResource,
                config: NeuronsConfig) -> dg.MaterializeResult:
+        from nx_dagster.stages import explain as stage
+
         s = nx.subject
         explainer, simulator = llm.explainer_name, llm.simulator_name
         layer_list = sorted(int(k) for k in context.partition_keys)
         shard = _shard(config.neurons, s.ckpt.config.n_neurons)
-        client = llm.client(nx.catalog, simulator != "token_lookup")
+        client = llm.client(nx.catalog, simulator != TOKEN_LOOKUP)
         if client is not None:
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
@@ -163,7 +166,7 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
 
 
 EXPLAIN_ASSETS = [
-    *[explanations_asset(v) for v in VARIANTS],
-    *[scores_asset(v, v) for v in VARIANTS],
-    scores_asset("pre_fix", "post_fix"),
+    *[explanations_asset(v) for v in GELU_VARIANTS],
+    *[scores_asset(v, v) for v in GELU_VARIANTS],
+    scores_asset(PRE_FIX, POST_FIX),
 ]

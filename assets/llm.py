@@ -14,11 +14,9 @@ from pydantic import PrivateAttr
 
 from nx_dagster import settings
 from nx_dagster.errors import NxInputError
-from nx_dagster.explain import EXPLAINERS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, Ledger, LLMClient, LLMSettings, default_ledger_path
+from nx_dagster.explain import Ledger, LLMClient, LLMSettings, default_ledger_path
 from nx_dagster.storage import Catalog
-
-OFFLINE = "token_lookup"
-LLM_SIMULATOR = "json_logprobs"
+from nx_dagster.vocab import EXPLAINERS, JSON_LOGPROBS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, TOKEN_LOOKUP
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -39,14 +37,15 @@ class LLMResource(dg.ConfigurableResource):
 
     @property
     def explainer_name(self) -> str:
-        name = self.explainer if self.explainer != "auto" else (TOKEN_ACTIVATION_PAIRS if self._has_key() else OFFLINE)
+        llm = TOKEN_ACTIVATION_PAIRS if self._has_key() else TOKEN_LOOKUP
+        name = self.explainer if self.explainer != "auto" else llm
         if name not in EXPLAINERS:
             raise NxInputError(f"explainer {name!r}", "is not known", f"choose auto or one of {', '.join(EXPLAINERS)}")
         return name
 
     @property
     def simulator_name(self) -> str:
-        name = self.simulator if self.simulator != "auto" else (LLM_SIMULATOR if self._has_key() else OFFLINE)
+        name = self.simulator if self.simulator != "auto" else (JSON_LOGPROBS if self._has_key() else TOKEN_LOOKUP)
         if name not in SIMULATORS:
             raise NxInputError(f"simulator {name!r}", "is not known", f"choose auto or one of {', '.join(SIMULATORS)}")
         return name

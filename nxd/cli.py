@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from nx_dagster.vocab import GELU_VARIANTS, PRE_FIX
 from nxd.run import add_run_commands, input_error_of
 
 def _input_error(what, problem, fix):
@@ -92,13 +93,14 @@ def cmd_neuron(args) -> int:
     from nx_dagster import settings
     from nx_dagster.storage import Catalog
     from nx_dagster.viewer.card import render_card
-    from nx_dagster.viewer.reader import VARIANTS, explanations_of, read_neurons
+    from nx_dagster.viewer.reader import explanations_of, read_neurons
     from nx_dagster.viewer.source import open_at, pick_model
 
     layer, neuron = _neuron_key(args.neuron)
-    variants = (args.variant,) if args.variant else VARIANTS  # (not model.gelu's parser: it would import torch)
-    if variants[0] not in VARIANTS:
-        raise _input_error(f"--variant {args.variant!r}", "is not a GELU variant", f"use one of {', '.join(VARIANTS)}")
+    variants = (args.variant,) if args.variant else GELU_VARIANTS  # (not model.gelu's parser: it would import torch)
+    if variants[0] not in GELU_VARIANTS:
+        raise _input_error(f"--variant {args.variant!r}", "is not a GELU variant",
+                           f"use one of {', '.join(GELU_VARIANTS)}")
     if args.records < 0:
         raise _input_error(f"--records {args.records}", "is negative", "use 0 or more")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not settings.current().no_color)
@@ -163,7 +165,7 @@ def cmd_viewer(args) -> int:
 def _add_viewer_commands(sub) -> None:
     n = sub.add_parser("neuron", help="a terminal card of one neuron: records, explanations, scores, connections")
     n.add_argument("neuron", metavar="LAYER/NEURON", help="e.g. 2/17")
-    n.add_argument("--variant", help="pre_fix or post_fix (default both)")
+    n.add_argument("--variant", help=f"{' or '.join(GELU_VARIANTS)} (default both)")
     n.add_argument("--snapshot", type=int, help="the catalog as of this DuckLake snapshot (default: latest)")
     n.add_argument("--model", help="the model to show (default: the latest in `models`)")
     n.add_argument("--records", type=int, default=3, help="top records per variant (default 3)")
@@ -303,7 +305,7 @@ def cmd_import(args) -> int:
             raise _input_error(f"--shape {args.shape!r}", "is not LAYERSxNEURONS", "write e.g. 12x3072") from None
     out = import_openai(catalog, args.url, args.model, threads=args.threads, progress=not args.quiet, shape=shape)
     missing = ", ".join(f"{k}: {v} of {out['expected_files'][k]}" for k, v in out["missing_files"].items()) or "none"
-    print(f"nxd: imported {args.url} as model {out['model']} (corpus {out['corpus']}, pre_fix): layers {out['layers']} "
+    print(f"nxd: imported {args.url} as model {out['model']} (corpus {out['corpus']}, {PRE_FIX}): layers {out['layers']} "
           f"({out['layers_already_imported']} already imported), rows {json.dumps(out['rows'])}; missing files: {missing}",
           file=sys.stderr)
     return 0
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("export", help="write the tables to a folder or URL in the OpenAI layout or as Parquet")
     x.add_argument("url", help="a local folder or an fsspec URL (s3://bucket/prefix)")
     x.add_argument("--format", choices=("openai", "parquet"), default="openai")
-    x.add_argument("--variants", help="pre_fix,post_fix (default both)")
+    x.add_argument("--variants", help=f"{','.join(GELU_VARIANTS)} (default both)")
     x.add_argument("--release", help="export a named release instead of the current catalog")
     x.add_argument("--model", help="the model to export (default: the only one)")
     x.add_argument("--corpus", help="the corpus whose activations to export (default: the only one)")
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--threads", type=int, default=16, help="files written at once (default 16)")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
     x.set_defaults(fn=cmd_export)
-    i = sub.add_parser("import", help="read files in the published OpenAI layout into the tables (pre_fix lineage)")
+    i = sub.add_parser("import", help=f"read files in the published OpenAI layout into the tables ({PRE_FIX} lineage)")
     i.add_argument("url", help="a dataset root, an `nxd export` root or one layer folder: local, https:// or s3://")
     i.add_argument("--model", default="openai-gpt2-small", help="model name of the imported rows (default openai-gpt2-small)")
     i.add_argument("--home", help="NX_HOME (default ./nx_data)")

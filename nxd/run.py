@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from nx_dagster.vocab import EXPLAINERS, GELU_VARIANTS, POST_FIX, PRE_FIX, SIMULATORS, TOKEN_LOOKUP
+
 STAGES = ("activations", "connections", "explanations", "scores")
 
 
@@ -90,7 +92,7 @@ def cmd_run(args) -> int:
             if neurons:
                 cfgs["ops"] = {"activations": {"config": {"neurons": f"{neurons[0]}-{neurons[-1]}"}}}
             # one pass over the corpus per layer range: every variant, and the fix impact (all layers) in the first
-            fix = ["gelu_fix_impact"] if set(variants) == {"pre_fix", "post_fix"} else []
+            fix = ["gelu_fix_impact"] if set(variants) == set(GELU_VARIANTS) else []
             for i, rng in enumerate(contiguous_runs(layer_list)):
                 run([f"{v}/activations" for v in variants] + (fix if i == 0 else []), run_config=cfgs,
                     tags={"dagster/asset_partition_range_start": str(rng.start),
@@ -112,7 +114,7 @@ def cmd_run(args) -> int:
         if "explanations" in stages:
             per_layers([f"{v}/explanations" for v in variants])
         if "scores" in stages:
-            cross = ["post_fix/scores_of_pre_fix_explanations"] if set(variants) == {"pre_fix", "post_fix"} else []
+            cross = [f"{POST_FIX}/scores_of_{PRE_FIX}_explanations"] if set(variants) == set(GELU_VARIANTS) else []
             per_layers([f"{v}/scores" for v in variants] + cross)
     return 0
 
@@ -188,9 +190,9 @@ def add_run_commands(sub) -> None:
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     r.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    r.add_argument("--explainer", help="auto (LLM if OPENAI_API_KEY is set, else token_lookup), token_lookup, "
-                                       "token_activation_pairs")
-    r.add_argument("--simulator", help="auto, token_lookup, json_logprobs, echo_logprobs, logprob_free")
+    r.add_argument("--explainer", help=f"auto (LLM if OPENAI_API_KEY is set, else {TOKEN_LOOKUP}), "
+                                       f"{', '.join(EXPLAINERS)}")
+    r.add_argument("--simulator", help=f"auto, {', '.join(SIMULATORS)}")
     r.add_argument("--explainer-model", help="chat model for explanations (NX_EXPLAINER_MODEL)")
     r.add_argument("--simulator-model", help="model for simulations (NX_SIMULATOR_MODEL)")
     r.set_defaults(fn=cmd_run)

@@ -22,8 +22,8 @@ import torch
 from nx_dagster.activations.fix_impact import DiffHistogram
 from nx_dagster.activations.recorder import Batch, LayerRecord, Recorder, RecorderSettings
 from nx_dagster.activations.transfer import to_device
-from nx_dagster.model.gelu import VARIANT_NAMES
 from nx_dagster.model.gpt2 import GPT2
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
 
 Extra = Callable[[str, int, torch.Tensor, torch.Tensor], None]  # (variant, layer, token ids, post)
 
@@ -50,7 +50,7 @@ def record_pass(
     recorders = {v: Recorder(model, v, ls, seq_len, settings, neurons, functools.partial(extra, v) if extra else None)
                  for v, ls in layers.items() if ls}
     hist = DiffHistogram(model.config.n_layer, model.device) if fix_impact else None
-    variants = [v for v in VARIANT_NAMES if v in recorders or (hist is not None and v in ("pre_fix", "post_fix"))]
+    variants = [v for v in GELU_VARIANTS if v in recorders or (hist is not None and v in (PRE_FIX, POST_FIX))]
     depth = model.config.n_layer if hist is not None else None
     tokens = 0
     for i, (seq_ids, token_ids) in enumerate(batches):
@@ -62,7 +62,7 @@ def record_pass(
         for v in variants:
             # the forward pass never reads an activation again once its block is done (nor writes one it
             # handed out), so pre_fix's can be held and then overwritten by the difference
-            also = None if hist is None else {"pre_fix": held.__setitem__, "post_fix": compare}.get(v)
+            also = None if hist is None else {PRE_FIX: held.__setitem__, POST_FIX: compare}.get(v)
             rec = recorders.get(v)
             if rec is not None:
                 rec.step(seq_ids, token_ids, depth, also)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from nx_dagster.explain.scoring import CONSTANT_TRUTH, METRICS, MIN_SUCCEEDED
 from nx_dagster.explain.records import Explanation
 from nx_dagster.storage.schema import TABLES, rows_to_table
+from nx_dagster.vocab import CALIBRATION_SPLIT, RANDOM, SCORED_SPLIT, SIMULATED_KINDS
 
 _TOP, _RANDOM, _CAL = 0, 1, 2
 _KEYS = ("explanation_id", "gelu_variant", "simulator", "simulator_model")
@@ -149,13 +150,13 @@ def score_simulations(simulations: pa.Table, explanation_variants: Mapping[str, 
     explanation_id -> the variant it was written from (`tables.explanation_variants`); a column
     `explanation_gelu_variant` in `simulations` is used when present."""
     tbl = simulations
-    scored = pc.and_(pc.is_in(tbl.column("split"), pa.array(["valid", "calibration"])),
-                     pc.is_in(tbl.column("kind"), pa.array(["top", "random"])))
+    scored = pc.and_(pc.is_in(tbl.column("split"), pa.array([SCORED_SPLIT, CALIBRATION_SPLIT])),
+                     pc.is_in(tbl.column("kind"), pa.array(list(SIMULATED_KINDS))))
     if pc.sum(pc.invert(scored)).as_py():
         tbl = tbl.filter(scored)
     group, n_groups = _group_ids(tbl)
-    is_cal = pc.equal(tbl.column("split"), "calibration").to_numpy(zero_copy_only=False)
-    is_rand = pc.equal(tbl.column("kind"), "random").to_numpy(zero_copy_only=False)
+    is_cal = pc.equal(tbl.column("split"), CALIBRATION_SPLIT).to_numpy(zero_copy_only=False)
+    is_rand = pc.equal(tbl.column("kind"), RANDOM).to_numpy(zero_copy_only=False)
     cell = group * 3 + np.where(is_cal, _CAL, np.where(is_rand, _RANDOM, _TOP))
     ok = (tbl.column("expected_activations").is_valid().to_numpy(zero_copy_only=False)
           & tbl.column("failure_reason").is_null().to_numpy(zero_copy_only=False)

@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nx_dagster.errors import NxInputError
-from nx_dagster.explain.explainers import TOKEN_LOOKUP, TOKEN_LOOKUP_PREFIX, TOKEN_LOOKUP_VERSION
-from nx_dagster.explain.records import CALIBRATION_SPLIT, EXPLAIN_SPLIT, SCORED_SPLIT, Explanation
+from nx_dagster.explain.explainers import TOKEN_LOOKUP_PREFIX, TOKEN_LOOKUP_VERSION
+from nx_dagster.explain.records import Explanation
 from nx_dagster.explain.simulators import named_tokens
 from nx_dagster.storage.schema import TABLES
+from nx_dagster.vocab import CALIBRATION_SPLIT, EXPLAIN_SPLIT, SCORED_SPLIT, SIMULATED_KINDS, TOKEN_LOOKUP, TOP
 
 _SPLIT_ORDER = (SCORED_SPLIT, CALIBRATION_SPLIT)  # the order `simulate` visits a neuron's records in
 
@@ -81,7 +82,7 @@ class RecordColumns:
         neuron = records.column("neuron").to_numpy(zero_copy_only=False).astype(np.int64)
         split = np.where(_is(records.column("split"), SCORED_SPLIT), 0,
                          np.where(_is(records.column("split"), CALIBRATION_SPLIT), 1, 2))
-        not_top = ~_is(records.column("kind"), "top")
+        not_top = ~_is(records.column("kind"), TOP)
         rank = records.column("rank").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         seq = records.column("sequence_id").to_numpy(zero_copy_only=False).astype(np.int64)
         order = np.lexsort((seq, rank, not_top, split, neuron, layer, variant, model))
@@ -121,7 +122,7 @@ class RecordColumns:
         row order, so valid before calibration, then top, rank, sequence_id; and (N + 1,) each neuron's
         first one among them."""
         rows = np.flatnonzero(_is(self.table.column("split"), *_SPLIT_ORDER)
-                              & _is(self.table.column("kind"), "top", "random"))
+                              & _is(self.table.column("kind"), *SIMULATED_KINDS))
         return rows, np.searchsorted(self.neuron[rows], np.arange(len(self.neurons) + 1))
 
     @cached_property
@@ -141,7 +142,7 @@ class RecordColumns:
     @cached_property
     def train_top_rows(self) -> np.ndarray:
         """The rows the explainer reads: top records of the train split."""
-        return np.flatnonzero(_is(self.table.column("split"), EXPLAIN_SPLIT) & _is(self.table.column("kind"), "top"))
+        return np.flatnonzero(_is(self.table.column("split"), EXPLAIN_SPLIT) & _is(self.table.column("kind"), TOP))
 
     def neuron_rows(self) -> np.ndarray:
         """(N + 1,) the first row of each neuron, and R."""

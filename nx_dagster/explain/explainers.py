@@ -21,12 +21,10 @@ from typing import Sequence
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain.llm import LLMClient, LLMRequest, LLMResult
 from nx_dagster.explain.prompts import EXPLAIN_PROMPT_VERSION, explain_messages
-from nx_dagster.explain.records import EXPLAIN_SPLIT, Explanation, NeuronRecords
+from nx_dagster.explain.records import Explanation, NeuronRecords
+from nx_dagster.vocab import EXPLAIN_SPLIT, EXPLAINERS, TOKEN_ACTIVATION_PAIRS, TOKEN_LOOKUP, TOP
 
 log = logging.getLogger(__name__)
-TOKEN_LOOKUP = "token_lookup"
-TOKEN_ACTIVATION_PAIRS = "token_activation_pairs"
-EXPLAINERS = (TOKEN_LOOKUP, TOKEN_ACTIVATION_PAIRS)
 TOKEN_LOOKUP_VERSION = "token-lookup-v1"
 TOKEN_LOOKUP_PREFIX = "fires on tokens: "
 _EXPLANATION_LINE = re.compile(r"^[\s*_#>-]*explanation[\s*_]*:\s*(.*?)\s*$", re.I | re.M)
@@ -42,7 +40,7 @@ def _explanation(n: NeuronRecords, explainer: str, model: str | None, version: s
 
 def token_lookup_explanation(neuron: NeuronRecords, max_tokens: int = 5) -> Explanation:
     """The offline explanation of one neuron (see module docstring)."""
-    train = neuron.select(EXPLAIN_SPLIT, "top")
+    train = neuron.select(EXPLAIN_SPLIT, TOP)
     best: dict[str, float] = {}
     for rec in train:
         for tok, act in zip(rec.tokens, rec.activations):
@@ -65,7 +63,7 @@ def token_lookup_explanation(neuron: NeuronRecords, max_tokens: int = 5) -> Expl
 def explain_request(neuron: NeuronRecords, model: str, n_candidates: int = 1,
                     max_records: int | None = None) -> LLMRequest:
     """The chat request for one neuron. Raises ValueError when there is nothing positive to show."""
-    train = neuron.select(EXPLAIN_SPLIT, "top")[:max_records]
+    train = neuron.select(EXPLAIN_SPLIT, TOP)[:max_records]
     messages = explain_messages([(r.tokens, r.activations) for r in train])
     params: dict = {"messages": messages, "max_tokens": 80, "temperature": 1.0 if n_candidates > 1 else 0.0}
     if n_candidates > 1:
@@ -135,7 +133,7 @@ def explain_neurons(neurons: Sequence[NeuronRecords], explainer: str = TOKEN_LOO
             requests.append(explain_request(n, model, n_candidates, max_records))
             slots.append(len(requests) - 1)
         except ValueError as e:
-            slots.append(str(e) if n.select(EXPLAIN_SPLIT, "top") else "no train records to explain from")
+            slots.append(str(e) if n.select(EXPLAIN_SPLIT, TOP) else "no train records to explain from")
     results = client.map_usable(requests, lambda i, res: _usable(res, n_candidates))
     out: list[Explanation] = []
     for n, slot in zip(neurons, slots):

@@ -16,10 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import pyarrow as pa
 
 from nx_dagster.errors import NxInputError
-
-SCORED_SPLIT = "valid"
-CALIBRATION_SPLIT = "calibration"
-EXPLAIN_SPLIT = "train"
+from nx_dagster.vocab import TOP
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class NeuronRecords:
     def select(self, split: str, kind: str | None = None) -> list[ActivationRecord]:
         """Records of one split (and kind), strongest first."""
         out = [r for r in self.records if r.split == split and (kind is None or r.kind == kind)]
-        return sorted(out, key=lambda r: (r.kind != "top", r.rank, r.sequence_id))
+        return sorted(out, key=lambda r: (r.kind != TOP, r.rank, r.sequence_id))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from nx_dagster.vocab import CALIBRATION_SPLIT, RANDOM, SCORED_SPLIT, SIMULATED_KINDS, TOP
+
 METRICS = ("ev_correlation", "ev_correlation_top", "ev_correlation_random", "rsquared", "absolute_dev_explained")
 MIN_SUCCEEDED = 0.8  # share of each group's sequences (valid-top, valid-random, calibration) that must succeed
 CONSTANT_TRUTH = "rsquared, absolute_dev_explained: undefined (true activations are constant)"
@@ -100,11 +102,11 @@ def too_few_succeeded(n: int, n_failed: int) -> bool:
 
 def score_sequences(sequences: Sequence[ScoredSequence], calibrate: bool = True) -> Score:
     """Score one explanation from its simulated valid (and calibration) sequences. Others are ignored."""
-    valid = [q for q in sequences if q.split == "valid" and q.kind in ("top", "random")]
-    cal = [q for q in sequences if q.split == "calibration" and q.kind in ("top", "random")]
+    valid = [q for q in sequences if q.split == SCORED_SPLIT and q.kind in SIMULATED_KINDS]
+    cal = [q for q in sequences if q.split == CALIBRATION_SPLIT and q.kind in SIMULATED_KINDS]
     failed = [q for q in valid + cal if _failed(q)]
     counts = (len(valid) + len(cal), len(failed))
-    groups = ([q for q in valid if q.kind == "top"], [q for q in valid if q.kind == "random"], cal)
+    groups = ([q for q in valid if q.kind == TOP], [q for q in valid if q.kind == RANDOM], cal)
     valid, cal = [q for q in valid if not _failed(q)], [q for q in cal if not _failed(q)]
     n_tokens = int(sum(len(q.true) for q in valid))
     if any(too_few_succeeded(len(g), sum(map(_failed, g))) for g in groups):
@@ -114,8 +116,8 @@ def score_sequences(sequences: Sequence[ScoredSequence], calibrate: bool = True)
     t, s = _concat(valid, "true"), _concat(valid, "expected")
     values: dict[str, float] = {}
     reasons: list[str] = []
-    for name, subset in (("ev_correlation", valid), ("ev_correlation_top", [q for q in valid if q.kind == "top"]),
-                         ("ev_correlation_random", [q for q in valid if q.kind == "random"])):
+    for name, subset in (("ev_correlation", valid), ("ev_correlation_top", [q for q in valid if q.kind == TOP]),
+                         ("ev_correlation_random", [q for q in valid if q.kind == RANDOM])):
         ts, ss = _concat(subset, "true"), _concat(subset, "expected")
         values[name] = pearson(ts, ss)
         why = _why_undefined(ts, ss)

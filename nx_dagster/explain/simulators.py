@@ -26,19 +26,18 @@ from nx_dagster.explain.llm import LLMClient, LLMRequest, LLMResult
 from nx_dagster.explain.prompts import (
     ACTIVATIONS_SCHEMA, SIMULATE_ECHO_PROMPT_VERSION, SIMULATE_JSON_PROMPT_VERSION, echo_prompt, simulate_messages,
 )
-from nx_dagster.explain.records import (
-    CALIBRATION_SPLIT, SCORED_SPLIT, ActivationRecord, Explanation, NeuronRecords, Simulation,
-)
+from nx_dagster.explain.records import ActivationRecord, Explanation, NeuronRecords, Simulation
 from nx_dagster.explain.replies import (  # noqa: F401  (parse_* are this module's public parsers too)
     Outcome, echo_shift, parse_echo, parse_json_logprobs, parse_logprob_free,
 )
+from nx_dagster.vocab import (
+    CALIBRATION_SPLIT, ECHO_LOGPROBS, JSON_LOGPROBS, LOGPROB_FREE, SCORED_SPLIT, SIMULATED_KINDS, SIMULATORS,
+    TOKEN_LOOKUP,
+)
 
 log = logging.getLogger(__name__)
-TOKEN_LOOKUP, JSON_LOGPROBS, ECHO_LOGPROBS, LOGPROB_FREE = "token_lookup", "json_logprobs", "echo_logprobs", \
-    "logprob_free"
 SIMULATOR_VERSIONS = {TOKEN_LOOKUP: "token-lookup-v1", JSON_LOGPROBS: SIMULATE_JSON_PROMPT_VERSION,
                       LOGPROB_FREE: SIMULATE_JSON_PROMPT_VERSION, ECHO_LOGPROBS: SIMULATE_ECHO_PROMPT_VERSION}
-SIMULATORS = tuple(SIMULATOR_VERSIONS)
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _STOP = {"the", "an", "of", "and", "or", "to", "in", "on", "for", "with", "is", "are", "this", "that", "word",
          "words", "token", "tokens", "neuron", "fires", "fire", "like", "such", "as"}
@@ -124,7 +123,7 @@ def simulate(pairs: Sequence[tuple[Explanation, NeuronRecords]], simulator: str 
     if simulator not in SIMULATORS:
         raise NxInputError(f"simulator {simulator!r}", "is not known", f"choose one of {', '.join(SIMULATORS)}")
     jobs: list[tuple[Explanation, NeuronRecords, ActivationRecord]] = [
-        (e, n, r) for e, n in pairs for s in splits for r in n.select(s) if r.kind in ("top", "random")]
+        (e, n, r) for e, n in pairs for s in splits for r in n.select(s) if r.kind in SIMULATED_KINDS]
     offline = simulator == TOKEN_LOOKUP
     if not offline:
         client = client or LLMClient()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from nx_dagster.errors import NxInputError
 from nx_dagster.interop import openai_format as fmt
 from nx_dagster.interop.export_queries import layer_data, pick
+from nx_dagster.vocab import N_QUANTILE_BINS, QUANTILE, RANDOM, TOP
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -98,8 +99,9 @@ def neuron_files(layer: int, neuron: int, data: dict, last_layer: int) -> dict[s
         recs = data["records"].get(neuron, [])
         sel = lambda kind, q=None: [(r["tokens"], r["activations"]) for r in recs  # noqa: E731
                                     if r["kind"] == kind and (q is None or r["quantile"] == q)]
-        obj = fmt.neuron_record(layer, neuron, sel("top"), sel("random"), [sel("quantile", q) for q in range(5)],
-                                s["quantile_boundaries"], s["mean"], s["variance"], s["skewness"], s["kurtosis"])
+        bins = [sel(QUANTILE, q) for q in range(N_QUANTILE_BINS)]
+        obj = fmt.neuron_record(layer, neuron, sel(TOP), sel(RANDOM), bins, s["quantile_boundaries"],
+                                s["mean"], s["variance"], s["skewness"], s["kurtosis"])
         out[fmt.rel_path("records", layer, neuron)] = fmt.dumps(obj)
     if neuron in data["explanations"]:
         obj = fmt.simulation_results(layer, neuron, data["explanations"][neuron])

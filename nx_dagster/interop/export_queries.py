@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 
 from nx_dagster.errors import NxInputError
+from nx_dagster.vocab import RANDOM, SCORED_SPLIT
 
 
 def pick(con: duckdb.DuckDBPyConnection, model: str | None, corpus: str | None) -> tuple[str, str, int, int]:
@@ -80,9 +81,9 @@ def _explanations(con, model, corpus, variant, layer) -> dict[int, list[dict]]:
             "AND a.layer = m.layer AND a.neuron = m.neuron AND a.kind = m.kind AND a.sequence_id = m.sequence_id "
             "AND a.corpus = ? JOIN sequences q ON q.model = a.model AND q.corpus = a.corpus AND q.sequence_id = a.sequence_id "
             "WHERE m.model = ? AND m.gelu_variant = ? AND m.explanation_gelu_variant = ? AND m.layer = ? "
-            "AND m.split = 'valid' AND m.expected_activations IS NOT NULL "
-            "ORDER BY m.explanation_id, m.simulator, m.kind = 'random', a.rank",
-            [corpus, model, variant, variant, layer]).fetch_arrow_table().to_pylist():
+            "AND m.split = ? AND m.expected_activations IS NOT NULL "
+            "ORDER BY m.explanation_id, m.simulator, m.kind = ?, a.rank",
+            [corpus, model, variant, variant, layer, SCORED_SPLIT, RANDOM]).fetch_arrow_table().to_pylist():
         sims[(r["explanation_id"], r["simulator"])].append(
             {"tokens": r["tokens"], "expected": r["expected_activations"], "true": r["true_activations"],
              "ev_correlation": _corr(r["true_activations"], r["expected_activations"])})

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 
-from nx_dagster.activations.rows import RANDOM_SPLITS, TOP_SPLITS
 from nx_dagster.explain.records import Explanation
-from nx_dagster.interop.openai_format import N_BOUNDARIES, N_QUANTILE_BINS, TOKEN_SIDES, MalformedFile, Reader
+from nx_dagster.interop.openai_format import N_BOUNDARIES, TOKEN_SIDES, MalformedFile, Reader
+from nx_dagster.vocab import N_QUANTILE_BINS, PRE_FIX, QUANTILE, RANDOM, RANDOM_SPLITS, SCORED_SPLIT, TOP, TOP_SPLITS
 
 PUBLISHED = "openai-published"
-VARIANT = "pre_fix"
+VARIANT = PRE_FIX
 
 
 def sequence_id(tokens: list[str]) -> int:
@@ -59,20 +59,21 @@ class NeuronRows:
         bins = rd.get(obj, "random_sample_by_quantile", "<file>", list)
         if len(bins) != N_QUANTILE_BINS or not all(isinstance(b, list) for b in bins):
             raise MalformedFile(rd.path, "random_sample_by_quantile", f"must be {N_QUANTILE_BINS} lists (has {len(bins)})")
-        groups = [("top", None, rd.get(obj, "most_positive_activation_records", "<file>", list)),
-                  ("random", None, rd.get(obj, "random_sample", "<file>", list))]
-        groups += [("quantile", q, b) for q, b in enumerate(bins)]
+        groups = [(TOP, None, rd.get(obj, "most_positive_activation_records", "<file>", list)),
+                  (RANDOM, None, rd.get(obj, "random_sample", "<file>", list))]
+        groups += [(QUANTILE, q, b) for q, b in enumerate(bins)]
         top_max = None
         for kind, q, recs in groups:
             for rank, rec in enumerate(recs):
                 tokens, acts = rd.record(rec, f"{kind}[{rank}]")
                 sid = self._sequence(tokens, source)
                 vals = [a for a in acts if a is not None]
-                split = None if kind == "quantile" else (TOP_SPLITS if kind == "top" else RANDOM_SPLITS)[rank % (4 if kind == "top" else 3)]
-                if kind != "quantile":
+                splits = TOP_SPLITS if kind == TOP else RANDOM_SPLITS
+                split = None if kind == QUANTILE else splits[rank % len(splits)]
+                if kind != QUANTILE:
                     self.kinds.setdefault((neuron, sid), []).append((kind, split))
                 mx = max(vals) if vals else None
-                if kind == "top" and rank == 0:
+                if kind == TOP and rank == 0:
                     top_max = mx
                 self.rows["activation_records"].append({**base, "kind": kind, "quantile": q, "rank": rank, "split": split,
                                                         "sequence_id": sid, "max_activation": mx, "activations": acts})
@@ -94,7 +95,7 @@ class NeuronRows:
             where = f"{where}.scored_simulation"
             common = {**self._base(neuron, source), "explanation_id": e.explanation_id, "gelu_variant": VARIANT,
                       "explanation_gelu_variant": VARIANT, "explainer": PUBLISHED, "simulator": PUBLISHED}
-            n_tokens, avail, phase = 0, {}, "top"
+            n_tokens, avail, phase = 0, {}, TOP
             for j, sss in enumerate(rd.get(sim, "scored_sequence_simulations", where, list)):
                 w = f"{where}.scored_sequence_simulations[{j}]"
                 rd.cls(sss, w, "ScoredSequenceSimulation")
@@ -106,7 +107,7 @@ class NeuronRows:
                 true = rd.floats(sss, "true_activations", w, len(tokens))
                 sid = self._sequence(tokens, source)
                 kind, split = self._kind(avail.setdefault(sid, list(self.kinds.get((neuron, sid), []))), j, phase)
-                phase = "random" if kind == "random" else phase
+                phase = RANDOM if kind == RANDOM else phase
                 n_tokens += len(tokens)
                 self.rows["simulations"].append({**common, "simulator_model": None, "sequence_id": sid, "kind": kind,
                                                  "split": split, "expected_activations": expected,
@@ -122,13 +123,13 @@ class NeuronRows:
         """Kind and split of the j-th scored sequence, taken (and removed) from `cands`, the neuron's records
         with its excerpt not yet matched in this explanation: valid-split records first, top records before
         random ones (the files list top first); the viewer's rule (first 5 top) where no record holds it."""
-        kinds = ("top", "random") if phase == "top" else ("random",)
+        kinds = (TOP, RANDOM) if phase == TOP else (RANDOM,)
         for valid_only in (True, False):
             for kind in kinds:
                 for i, (k, split) in enumerate(cands):
-                    if k == kind and (split == "valid" or not valid_only):
+                    if k == kind and (split == SCORED_SPLIT or not valid_only):
                         return cands.pop(i)
-        return ("top" if j < 5 else "random"), "valid"
+        return (TOP if j < 5 else RANDOM), SCORED_SPLIT
 
     def add_token_activations(self, rd: Reader, obj: dict, neuron: int, source: str) -> None:
         rd.cls(obj, "<file>", "TokenLookupTableSummaryOfNeuron")

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from nx_dagster.errors import NxInputError
+from nx_dagster.vocab import N_QUANTILE_BINS, QUANTILE_BOUNDARIES
 
 KINDS = {
     "records": "collated-activations",
@@ -27,8 +28,7 @@ KINDS = {
     "token_activations": "related-tokens/activation-based",
     "token_weights": "related-tokens/weight-based",
 }
-N_QUANTILE_BINS = 5
-N_BOUNDARIES = 4
+N_BOUNDARIES = len(QUANTILE_BOUNDARIES)
 TOKEN_SIDES = (("input_positive", "input", "positive"), ("input_negative", "input", "negative"),
                ("output_positive", "output", "positive"), ("output_negative", "output", "negative"))
 

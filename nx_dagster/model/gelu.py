@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from nx_dagster.errors import NxInputError
+from nx_dagster.vocab import GELU_FORMULAS, GELU_MEANINGS, GELU_VARIANTS, POST_FIX, PRE_FIX
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -45,20 +46,20 @@ class GeluVariant:
 
 
 VARIANTS: dict[str, GeluVariant] = {
-    "pre_fix": GeluVariant(
-        "pre_fix", "x*sigmoid(1.702*x)", ("quick_gelu",), quick_gelu, "reproduces the published datasets"
+    PRE_FIX: GeluVariant(
+        PRE_FIX, GELU_FORMULAS[PRE_FIX], ("quick_gelu",), quick_gelu, GELU_MEANINGS[PRE_FIX]
     ),
-    "post_fix": GeluVariant(
-        "post_fix",
-        "0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))",
+    POST_FIX: GeluVariant(
+        POST_FIX,
+        GELU_FORMULAS[POST_FIX],
         # gelu_fast writes the same polynomial as x·(1 + 0.044715·x²) with √(2/π) rounded to 0.7978845608.
         ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate"),
         tanh_gelu,
-        "GPT-2 as trained; the corrected data",
+        GELU_MEANINGS[POST_FIX],
     ),
 }
-VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
-OWN_VARIANT = "post_fix"  # the lineage that is the checkpoint's own activation
+VARIANT_NAMES: tuple[str, ...] = GELU_VARIANTS
+OWN_VARIANT = POST_FIX  # the lineage that is the checkpoint's own activation
 MODEL_ACTIVATIONS: tuple[str, ...] = VARIANTS[OWN_VARIANT].hf_names
 
 
@@ -69,7 +70,7 @@ def check_model_activation(hf_name: object, where: str) -> None:
     raise NxInputError(
         where,
         f"sets activation_function={hf_name!r}, but nx_dagster records GPT-2's tanh GELU as the model's own "
-        f"activation ({OWN_VARIANT}) beside the published quick GELU (pre_fix), so this model's activations "
+        f"activation ({OWN_VARIANT}) beside the published quick GELU ({PRE_FIX}), so this model's activations "
         "would be recorded under a false label",
         f"use a checkpoint whose activation_function is one of {', '.join(MODEL_ACTIVATIONS)} "
         "(the tanh GELU GPT-2 was trained with)",

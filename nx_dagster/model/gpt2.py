@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from nx_dagster.model.gelu import get_variant
+from nx_dagster.model.gelu import OWN_VARIANT, get_variant
 
 # on_mlp(layer, post_gelu) is called with post_gelu shaped [batch, seq, n_inner].
 MlpHook = Callable[[int, torch.Tensor], None]
@@ -89,7 +89,7 @@ class GPT2:
     def forward(
         self,
         input_ids: torch.Tensor,
-        gelu_variant: str = "post_fix",
+        gelu_variant: str = OWN_VARIANT,
         on_mlp: MlpHook | None = None,
         layers: int | None = None,
         logits: bool = True,

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain import (
-    TOKEN_LOOKUP, LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
+    LLMClient, explain_neurons, explanation_variants, explanations_from_table, explanations_table,
     neuron_records_from_arrow, pair_by_neuron, score_simulations, simulate, simulations_table, sync_ledger,
 )
 from nx_dagster.explain.batch_scoring import unscored_rows
@@ -24,6 +24,7 @@ from nx_dagster.explain.columnar import RecordColumns, token_lookup_explanations
 from nx_dagster.explain.records import NeuronRecords
 from nx_dagster.stages.activations import Progress, progress
 from nx_dagster.storage import Catalog
+from nx_dagster.vocab import SIMULATED_KINDS, TOKEN_LOOKUP
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def load_record_table(catalog: Catalog, model: str, corpus: str, variant: str, l
         "SELECT r.model, r.gelu_variant, r.layer, r.neuron, r.kind, r.split, r.rank, r.sequence_id, r.activations, "
         "s.tokens FROM activation_records r LEFT JOIN sequences s ON s.model = r.model AND s.corpus = r.corpus "
         "AND s.sequence_id = r.sequence_id WHERE r.model = ? AND r.corpus = ? AND r.gelu_variant = ? AND "
-        f"{_in('r.layer', layers)}{_neuron_filter(neurons, 'r.')} AND r.kind IN ('top', 'random') "
-        "ORDER BY r.layer, r.neuron, r.kind, r.rank", [model, corpus, variant])
+        f"{_in('r.layer', layers)}{_neuron_filter(neurons, 'r.')} AND r.kind IN (?, ?) "
+        "ORDER BY r.layer, r.neuron, r.kind, r.rank", [model, corpus, variant, *SIMULATED_KINDS])
     if table.num_rows == 0:
         raise NxInputError(f"activation records of {model} ({variant}, layers {layers})", "do not exist yet",
                            "materialize the activations stage for these layers first")

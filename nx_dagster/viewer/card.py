@@ -8,7 +8,8 @@ tokens at level 5 or more, i.e. above half of the maximum, are shown in [bracket
 from __future__ import annotations
 
 from nx_dagster.viewer.heat import level, number, visible
-from nx_dagster.viewer.reader import SCORE_LINES, VARIANTS, NeuronView, Record
+from nx_dagster.viewer.reader import SCORE_LINES, NeuronView, Record
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
 
 # ANSI 256-colour backgrounds for levels 1-9: dark to bright orange/yellow.
 _BG = (None, 236, 58, 94, 130, 166, 172, 208, 214, 226)
@@ -52,7 +53,7 @@ def _record(st: _Style, r: Record, scale: float) -> list[str]:
     return [st.dim(f"  #{r.rank} seq {r.sequence_id} · max {r.max_activation:.3f} · {peak} · {r.split}"), f"    {text}"]
 
 
-def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tuple[str, ...] = VARIANTS,
+def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tuple[str, ...] = GELU_VARIANTS,
                 records: int = 3, color: bool = False, linked: dict[tuple[int, int], str] | None = None) -> str:
     """The card as one string. `linked` labels connected neurons with their explanations."""
     st, out = _Style(color), []
@@ -66,12 +67,12 @@ def render_card(view: NeuronView, *, snapshot: int | None = None, variants: tupl
         out.append(f"{label:18}" + "".join(f"{number(view.stats.get(v, {}).get(col)):>12}" for v in variants))
     impact = view.fix_impact
     if impact is not None:
-        pre = view.max_activation("pre_fix")
+        pre = view.max_activation(PRE_FIX)
         rel = f" ({impact / pre:+.1%})" if pre else ""
-        out.append(f"{'fix impact on max':18}{impact:+12.4f}{rel}   (post_fix − pre_fix)")
+        out.append(f"{'fix impact on max':18}{impact:+12.4f}{rel}   ({POST_FIX} − {PRE_FIX})")
 
     out += ["", st.bold("Explanations and scores")]
-    for v in VARIANTS:
+    for v in GELU_VARIANTS:
         e = view.explanation(v)
         text = "—" if e is None else (f"“{e['explanation']}”" if e["explanation"] is not None
                                       else f"NULL ({e['failure_reason']})")

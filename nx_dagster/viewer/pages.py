@@ -14,7 +14,8 @@ from html import escape
 from typing import Sequence
 
 from nx_dagster.viewer.heat import LEVELS, level, number, visible
-from nx_dagster.viewer.reader import SCORE_LINES, VARIANTS, NeuronView, Record, Score
+from nx_dagster.viewer.reader import SCORE_LINES, NeuronView, Record, Score
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
 
 SIM_SCALE = 10.0  # simulators predict on a 0-10 scale
 
@@ -65,21 +66,21 @@ def _score_cells(s: Score | None) -> str:
 
 
 def _summary(view: NeuronView) -> str:
-    head = "".join(f"<th>{v}</th>" for v in VARIANTS)
+    head = "".join(f"<th>{v}</th>" for v in GELU_VARIANTS)
     rows = "".join(
-        f"<tr><th class=l>{label}</th>" + "".join(f"<td>{number(view.stats.get(v, {}).get(col))}</td>" for v in VARIANTS)
+        f"<tr><th class=l>{label}</th>" + "".join(f"<td>{number(view.stats.get(v, {}).get(col))}</td>" for v in GELU_VARIANTS)
         + "</tr>" for label, col in (("max activation", "max_activation"), ("mean", "mean"), ("variance", "variance"),
                                      ("skewness", "skewness"), ("kurtosis", "kurtosis")))
     impact = view.fix_impact
-    pre = view.max_activation("pre_fix")
+    pre = view.max_activation(PRE_FIX)
     rel = f" ({impact / pre:+.1%})" if impact is not None and pre else ""
     return (f"<table id=stats><tr><th></th>{head}</tr>{rows}</table>"
-            f"<p id=fix-impact>Fix impact on the maximum (post_fix − pre_fix): <b>{number(impact, '{:+.4f}')}</b>{rel}</p>")
+            f"<p id=fix-impact>Fix impact on the maximum ({POST_FIX} − {PRE_FIX}): <b>{number(impact, '{:+.4f}')}</b>{rel}</p>")
 
 
 def _explanations(view: NeuronView) -> str:
     parts = []
-    for v in VARIANTS:
+    for v in GELU_VARIANTS:
         e = view.explanation(v)
         if e is None:
             text = "<span class=null>no explanation</span>"
@@ -140,7 +141,7 @@ def _token_tables(view: NeuronView) -> str:
 
     rows = [f"<tr><th class=l>fires on ({v})</th><td class=l>"
             f"{cell(view.top_tokens.get(v, []), lambda t: '%.2f ×%d' % (t['mean_activation'], t['count']))}</td></tr>"
-            for v in VARIANTS]
+            for v in GELU_VARIANTS]
     rows += [f"<tr><th class=l>{d} tokens, {s}</th><td class=l>"
              f"{cell(view.token_links.get((d, s), []), lambda t: '%+.3f' % t['weight'])}</td></tr>"
              for d in ("input", "output") for s in ("positive", "negative")]
@@ -154,7 +155,7 @@ def render_neuron_page(view: NeuronView, *, snapshot: int, written: set[tuple[in
     scale = view.scale
     cols = "".join(
         f"<div data-variant={v}><h3>{v}</h3>{''.join(_record(r, scale) for r in view.records.get(v, [])) or '—'}</div>"
-        for v in VARIANTS)
+        for v in GELU_VARIANTS)
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>Neuron {view.key} · {escape(view.model)}</title>
 <style>{CSS}</style></head><body>

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from nx_dagster.explain.records import SCORED_SPLIT
+from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX, SCORED_SPLIT, TOP
 
-VARIANTS = ("pre_fix", "post_fix")  # model.gelu's variant names, repeated here so reading needs no torch
 # (explanation written from, scored on): both lineages, then the cross-lineage score.
-SCORE_LINES = (("pre_fix", "pre_fix"), ("post_fix", "post_fix"), ("pre_fix", "post_fix"))
+SCORE_LINES = ((PRE_FIX, PRE_FIX), (POST_FIX, POST_FIX), (PRE_FIX, POST_FIX))
 
 
 @dataclass
@@ -89,13 +88,13 @@ class NeuronView:
     @property
     def fix_impact(self) -> float | None:
         """post_fix − pre_fix maximum activation (None unless both lineages were recorded)."""
-        pre, post = self.max_activation("pre_fix"), self.max_activation("post_fix")
+        pre, post = self.max_activation(PRE_FIX), self.max_activation(POST_FIX)
         return None if pre is None or post is None else post - pre
 
     @property
     def scale(self) -> float:
         """The largest activation over both lineages: one colour scale for pre- and post-fix."""
-        return max([m for m in map(self.max_activation, VARIANTS) if m is not None] or [0.0]) or 1.0
+        return max([m for m in map(self.max_activation, GELU_VARIANTS) if m is not None] or [0.0]) or 1.0
 
     def score(self, explained_on: str, scored_on: str) -> Score | None:
         lines = [s for s in self.scores if (s.explanation_gelu_variant, s.gelu_variant) == (explained_on, scored_on)]
@@ -136,8 +135,8 @@ def read_neurons(con: duckdb.DuckDBPyConnection, model: str, layer: int, neurons
             SELECT r.gelu_variant, r.neuron, r.kind, r.rank, r.split, r.sequence_id, r.max_activation, r.activations,
                    s.tokens
             FROM activation_records r JOIN sequences s USING (model, corpus, sequence_id)
-            WHERE {rwhere} AND r.kind = 'top' AND r.rank < ? ORDER BY r.neuron, r.gelu_variant, r.rank""",
-                   rparams + [top_records]):
+            WHERE {rwhere} AND r.kind = ? AND r.rank < ? ORDER BY r.neuron, r.gelu_variant, r.rank""",
+                   rparams + [TOP, top_records]):
         if r["neuron"] in views:
             views[r["neuron"]].records.setdefault(r["gelu_variant"], []).append(Record(
                 r["kind"], r["rank"], r["split"], r["sequence_id"], r["max_activation"], r["tokens"], r["activations"]))
@@ -183,7 +182,7 @@ def read_neurons(con: duckdb.DuckDBPyConnection, model: str, layer: int, neurons
 
 
 def explanations_of(con: duckdb.DuckDBPyConnection, model: str, layers: set[int],
-                    variant: str = "post_fix") -> dict[tuple[int, int], str]:
+                    variant: str = POST_FIX) -> dict[tuple[int, int], str]:
     """(layer, neuron) -> its first explanation written from `variant`, for every neuron of `layers`
     (to label connected neurons)."""
     if not layers:

@@ -17,6 +17,7 @@ import duckdb
 
 from nx_dagster.viewer.pages import CSS, page_path, render_neuron_page
 from nx_dagster.viewer.reader import NeuronView, explanations_of, read_neurons
+from nx_dagster.vocab import POST_FIX, PRE_FIX
 
 log = logging.getLogger(__name__)
 MANIFEST = "viewer.json"
@@ -25,12 +26,12 @@ MANIFEST = "viewer.json"
 _COLUMNS = (
     ("layer", lambda v: v.layer),
     ("neuron", lambda v: v.neuron),
-    ("max pre_fix", lambda v: v.max_activation("pre_fix")),
-    ("max post_fix", lambda v: v.max_activation("post_fix")),
+    (f"max {PRE_FIX}", lambda v: v.max_activation(PRE_FIX)),
+    (f"max {POST_FIX}", lambda v: v.max_activation(POST_FIX)),
     ("fix impact", lambda v: v.fix_impact),
-    ("score post_fix", lambda v: _ev(v, "post_fix", "post_fix")),
-    ("score pre_fix", lambda v: _ev(v, "pre_fix", "pre_fix")),
-    ("score cross", lambda v: _ev(v, "pre_fix", "post_fix")),
+    (f"score {POST_FIX}", lambda v: _ev(v, POST_FIX, POST_FIX)),
+    (f"score {PRE_FIX}", lambda v: _ev(v, PRE_FIX, PRE_FIX)),
+    ("score cross", lambda v: _ev(v, PRE_FIX, POST_FIX)),
 )
 
 _SORT_JS = """
@@ -67,7 +68,7 @@ def _index_row(view: NeuronView) -> str:
         if name == "neuron":
             shown = f'<a href="{page_path(view.layer, view.neuron)}">{shown}</a>'
         cells.append(f'<td data-v="{"" if value is None else value}">{shown}</td>')
-    e = view.explanation("post_fix") or view.explanation("pre_fix")
+    e = view.explanation(POST_FIX) or view.explanation(PRE_FIX)
     text = escape(e["explanation"]) if e and e["explanation"] else ""
     return f"<tr>{''.join(cells)}<td class=l>{text}</td></tr>"
 
@@ -81,7 +82,7 @@ def render_index(rows: list[str], model: str, snapshot: int) -> str:
 <p class=meta>catalog snapshot {snapshot} · {len(rows)} neurons · click a column to sort (again to reverse);
 score = ev_correlation of the explanation from the first lineage scored on the second</p>
 <p><input id=filter placeholder="filter (explanation, layer…)" size=40></p>
-<table id=neurons><thead><tr>{heads}<th class=l>explanation (post_fix)</th></tr></thead>
+<table id=neurons><thead><tr>{heads}<th class=l>explanation ({POST_FIX})</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 <script>{_SORT_JS}</script>
 </body></html>
