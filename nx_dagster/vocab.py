@@ -9,6 +9,10 @@ from __future__ import annotations
 PRE_FIX = "pre_fix"  # the quick GELU x·sigmoid(1.702·x) of the published datasets
 POST_FIX = "post_fix"  # GPT-2's own tanh GELU, the corrected data
 GELU_VARIANTS: tuple[str, ...] = (PRE_FIX, POST_FIX)  # every variant, in recording order
+GELU_FORMULAS = {PRE_FIX: "x*sigmoid(1.702*x)",  # each variant's formula as metadata and the UI show it
+                 POST_FIX: "0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))"}
+GELU_MEANINGS = {PRE_FIX: "reproduces the published datasets",  # what each lineage is, in a few words
+                 POST_FIX: "GPT-2 as trained; the corrected data"}
 
 # Activation record kinds (`kind` column of activation_records).
 TOP = "top"  # the sequences with the largest maximum activation
