@@ -10,7 +10,6 @@ import dagster as dg
 
 from assets.partitions import layers
 from assets.resources import NxResource
-from nx_dagster.stages.connections import write_connections
 from nx_dagster.hashing import short_digest
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -31,6 +30,8 @@ CONNECTIONS_VERSION = "connections-v1"
                 "One partition = one layer's neurons.",
 )
 def connections(context: dg.AssetExecutionContext, nx: NxResource, config: ConnectionsConfig) -> dg.MaterializeResult:
+    from nx_dagster.stages.connections import write_connections  # torch code: imported by a run, not at load
+
     s = nx.subject
     layer_list = sorted(int(k) for k in context.partition_keys)
     out = write_connections(nx.catalog, s.ckpt, layer_list, config.k, s.device)

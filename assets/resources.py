@@ -9,26 +9,27 @@ validated on first use, never at import.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import dagster as dg
-import torch
 from pydantic import PrivateAttr
 
 from nx_dagster import settings
-from nx_dagster.activations import RecorderSettings
-from nx_dagster.corpus import CorpusSpec
 from nx_dagster.errors import NxInputError
 from nx_dagster.hashing import short_digest
-from nx_dagster.model.checkpoint import open_checkpoint
 from nx_dagster.storage import Catalog
-from nx_dagster.subject import Subject
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # torch code, imported where a run first needs it: the code location loads without torch
+    from nx_dagster.activations.recorder import RecorderSettings
+    from nx_dagster.subject import Subject
+
+DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 
 
 def resolve_device(device: str) -> str:
     """`auto` → cuda when available, else cpu; a named device must exist (NxInputError otherwise)."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -94,16 +95,24 @@ class NxResource(dg.ConfigurableResource):
     @property
     def subject(self) -> Subject:
         if self._subject is None:
+            import torch
+
+            from nx_dagster.corpus import CorpusSpec
+            from nx_dagster.model.checkpoint import open_checkpoint
+            from nx_dagster.subject import Subject
+
             self._check_settings()
             device = resolve_device(self.device)
             env = settings.current()
             spec = CorpusSpec(self.corpus or env.nx_corpus, self.seq_len, self.max_sequences)
             self._subject = Subject(open_checkpoint(self.model or env.nx_model), spec,
-                                    device, DTYPES[self.dtype])
+                                    device, getattr(torch, self.dtype))
         return self._subject
 
     @property
     def recorder(self) -> RecorderSettings:
+        from nx_dagster.activations.recorder import RecorderSettings
+
         return RecorderSettings(self.top_k, self.random_k, self.quantile_k, self.seed, self.batch_size)
 
     def validate(self) -> None:
@@ -126,6 +135,8 @@ class NxResource(dg.ConfigurableResource):
 
     def compute_version(self) -> dict:
         """Settings that change the numbers of a forward pass: dtype and the kind of device."""
+        import torch
+
         return {"dtype": self.dtype, "device": torch.device(self.subject.device).type}
 
     def activations_settings(self) -> dict:
