@@ -19,7 +19,8 @@ import torch
 from nx_dagster import settings
 from nx_dagster.activations.keys import _ID_MAX, _M32, NEG_ZERO, QNAN
 from nx_dagster.activations.layer_state import LayerState, toy
-from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_guesses
+from nx_dagster.activations.sketch import EDGES, N_BUCKETS, bucket_guesses
+from nx_dagster.vocab import QUANTILE_BOUNDARIES
 
 try:  # numba is a dependency; without it (an unsupported Python, say) the torch path runs instead
     import numba
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - exercised only where numba cannot inst
     numba = None
 
 _EDGES = EDGES.numpy()
-_Q = np.array(QUANTILES, dtype=np.float64)
+_Q = np.array(QUANTILE_BOUNDARIES, dtype=np.float64)
 
 
 def available() -> bool:
@@ -209,7 +210,7 @@ def update(rec: LayerState, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: b
     if mom.shift is None:
         mom.shift = nbt.reshape(nbt.shape[0], -1).mean(dim=1)
     if rec.boundaries is None:
-        rec.boundaries = torch.zeros((nbt.shape[0], len(QUANTILES)), dtype=torch.float64)
+        rec.boundaries = torch.zeros((nbt.shape[0], len(QUANTILE_BOUNDARIES)), dtype=torch.float64)
     np_ = lambda t: t.numpy()  # noqa: E731 - views, no copies
     _update(np_(nbt), np_(seq_ids), np_(mom.shift), np_(mom.sums), np_(mom.max), np_(sk.counts),
             np_(rec.boundaries), refresh, np_(rec.salt),

@@ -15,7 +15,8 @@ import sys
 import torch
 
 from nx_dagster.activations.layer_state import LayerState, toy
-from nx_dagster.activations.sketch import EDGES, N_BUCKETS, QUANTILES, bucket_guesses
+from nx_dagster.activations.sketch import EDGES, N_BUCKETS, bucket_guesses
+from nx_dagster.vocab import N_QUANTILE_BINS
 
 log = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}
@@ -103,7 +104,7 @@ def update(rec: LayerState, seq_ids: torch.Tensor, nbt: torch.Tensor, refresh: b
                   rec.random.keys, rec.random.acts, rec.random.floor, rec.random.k,
                   rec.bins.keys, rec.bins.acts, rec.bins.floor, rec.bins.k,
                   BLOCK_B=_next_pow2(b), BLOCK_T=block_t, BLOCK_K=_next_pow2(max(s.k for s in stores)),
-                  N_BINS=len(QUANTILES) + 1)
+                  N_BINS=N_QUANTILE_BINS)
     mom.n += b * t
 
 

@@ -13,8 +13,8 @@ from nx_dagster.activations.keys import neuron_salt
 from nx_dagster.activations.moments import Moments
 from nx_dagster.activations.sketch import MaxSketch
 from nx_dagster.activations.store import TopKStore
+from nx_dagster.vocab import N_QUANTILE_BINS
 
-N_BINS = 5
 
 
 class LayerState:
@@ -33,7 +33,7 @@ class LayerState:
         self.random = TopKStore(n, random_k, seq_len, device)
         # One store for the five bins side by side (row b·N + n = bin b of neuron n), with twice the quota
         # per bin: candidates binned against the running estimate may move bins at the end.
-        self.bins = TopKStore(N_BINS * n, 2 * quantile_k, seq_len, device)
+        self.bins = TopKStore(N_QUANTILE_BINS * n, 2 * quantile_k, seq_len, device)
         self.sketch = MaxSketch(n, device)
         self.moments = Moments(n, device)
         self.salt = neuron_salt(seed, layer, self.neurons)

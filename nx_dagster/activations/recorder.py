@@ -18,13 +18,13 @@ import torch
 from nx_dagster import settings
 from nx_dagster.activations import cpu_kernel, gpu_update
 from nx_dagster.activations.keys import hash_key, key_seq_id, rotate_key, value_key
-from nx_dagster.activations.layer_state import N_BINS, LayerState
+from nx_dagster.activations.layer_state import LayerState
 from nx_dagster.activations.sketch import bin_of
 from nx_dagster.activations.store import EMPTY, Activations, take_rows
 from nx_dagster.activations.transfer import records_to_host, to_device
 from nx_dagster.errors import NxInputError
 from nx_dagster.model.gpt2 import GPT2
-from nx_dagster.vocab import RECORDER_VERSION
+from nx_dagster.vocab import N_QUANTILE_BINS, RECORDER_VERSION
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]  # (sequence ids [B] int64, token ids [B, T] int64)
@@ -85,8 +85,9 @@ class LayerRecorder(LayerState):
                  path: str | None = None):
         super().__init__(layer, neurons, seq_len, s.top_k, s.random_k, s.quantile_k, s.seed, device)
         self.s = s
-        self._bin_ids = torch.arange(N_BINS, device=device)
-        self._bin_src = torch.arange(N_BINS * len(neurons), device=device) % len(neurons)  # each bin row's column
+        self._bin_ids = torch.arange(N_QUANTILE_BINS, device=device)
+        # each bin row's column
+        self._bin_src = torch.arange(N_QUANTILE_BINS * len(neurons), device=device) % len(neurons)
         self.batches = 0
         self._path = path or choose_path(torch.device(device))
 
@@ -120,18 +121,18 @@ class LayerRecorder(LayerState):
         Dense: every row, with EMPTY where a sequence is not in that bin (no data-dependent shapes)."""
         n = key.shape[1]
         if dense:
-            b_ids = self._bin_ids.view(1, N_BINS, 1)
+            b_ids = self._bin_ids.view(1, N_QUANTILE_BINS, 1)
             keys = torch.where(bins[:, None, :] == b_ids, key[:, None, :], EMPTY)  # [B, 5, N]: row b·N + n
             self.bins.update(keys.reshape(len(key), -1), acts, src=self._bin_src, dense=True)
             return
-        floors = self.bins.floor.view(N_BINS, n).gather(0, bins)  # [B, N] floor of each one's bin
+        floors = self.bins.floor.view(N_QUANTILE_BINS, n).gather(0, bins)  # [B, N] floor of each one's bin
         cols = (key > floors).any(dim=0).nonzero().squeeze(1)
         if cols.numel() == 0:
             return
-        b_ids = self._bin_ids.view(1, 1, N_BINS)
+        b_ids = self._bin_ids.view(1, 1, N_QUANTILE_BINS)
         keys = torch.where(bins[:, cols, None] == b_ids, key[:, cols, None], EMPTY)  # [B, n', 5]
-        rows = (b_ids.view(1, N_BINS) * n + cols[:, None]).reshape(-1)  # store rows, same order
-        self.bins.update(keys.reshape(len(key), -1), acts, rows=rows, src=cols.repeat_interleave(N_BINS))
+        rows = (b_ids.view(1, N_QUANTILE_BINS) * n + cols[:, None]).reshape(-1)  # store rows, same order
+        self.bins.update(keys.reshape(len(key), -1), acts, rows=rows, src=cols.repeat_interleave(N_QUANTILE_BINS))
 
     def finish(self, host: bool = True) -> LayerRecord:
         """The layer's records: on the CPU, or (host=False) on the recorder's device."""
@@ -144,11 +145,11 @@ class LayerRecorder(LayerState):
         # against the final boundaries and keep, per final bin, the quantile_k with the highest hash.
         # Only keys and per-candidate maxima are reshaped; activations are gathered for the picks.
         n, slots = len(self.neurons), self.bins.k
-        keys = self.bins.keys.view(N_BINS, n, slots).permute(1, 0, 2).reshape(n, N_BINS * slots)
-        cand_max = self.bins.acts.amax(dim=2).view(N_BINS, n, slots).permute(1, 0, 2).reshape(n, -1)
+        keys = self.bins.keys.view(N_QUANTILE_BINS, n, slots).permute(1, 0, 2).reshape(n, N_QUANTILE_BINS * slots)
+        cand_max = self.bins.acts.amax(dim=2).view(N_QUANTILE_BINS, n, slots).permute(1, 0, 2).reshape(n, -1)
         final_bin = bin_of(cand_max.T, boundaries).T  # [N, 5·2k]
         picked_bins, picked_keys, picked_slots = [], [], []
-        for b in range(N_BINS):
+        for b in range(N_QUANTILE_BINS):
             masked = torch.where((final_bin == b) & (keys != EMPTY), keys, EMPTY)
             kb, order = masked.topk(min(self.s.quantile_k, masked.shape[1]), dim=1)
             picked_keys.append(kb)

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from nx_dagster.vocab import QUANTILE_BOUNDARIES
+
 GAMMA = 1.02
 V_MIN, V_MAX, NEG_MAX = 1e-3, 1e4, 0.25
 _LOG_G = math.log(GAMMA)
@@ -23,7 +25,6 @@ POS = int(math.ceil(math.log(V_MAX / V_MIN) / _LOG_G))  # positive buckets
 NEG = int(math.ceil(math.log(NEG_MAX / V_MIN) / _LOG_G))  # negative buckets
 ZERO = NEG  # index of the zero bucket; negatives below, positives above
 N_BUCKETS = NEG + 1 + POS
-QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
 def _edges() -> torch.Tensor:
@@ -77,7 +78,7 @@ class MaxSketch:
         flat = (bucket_of(seq_max) + self._flat_offset[None, :]).reshape(-1)
         self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=self.counts.dtype))
 
-    def boundaries(self, quantiles=QUANTILES) -> torch.Tensor:
+    def boundaries(self, quantiles=QUANTILE_BOUNDARIES) -> torch.Tensor:
         """[N, len(quantiles)] float64 quantile boundaries (bucket upper edges)."""
         cum = self.counts.cumsum(dim=1, dtype=torch.int32)  # [N, buckets], rows non-decreasing
         total = cum[:, -1:].double()

@@ -203,7 +203,7 @@ def _assemble(tbl: pa.Table, group: np.ndarray, n_groups: int, ok: np.ndarray, s
     n_rows = np.bincount(group, minlength=n_groups)
     n_failed = np.bincount(group, weights=~ok, minlength=n_groups).astype(np.int64)
     n_tokens = np.bincount(group, weights=pc.list_value_length(tbl.column("true_activations")).fill_null(0)
-                           .to_numpy() * ok * ~pc.equal(tbl.column("split"), "calibration").to_numpy(zero_copy_only=False),
+                           .to_numpy() * ok * ~pc.equal(tbl.column("split"), CALIBRATION_SPLIT).to_numpy(zero_copy_only=False),
                            minlength=n_groups).astype(np.int64)
     reasons: list[str | None] = [None] * n_groups
     failed_first = {}

@@ -24,8 +24,9 @@ from typing import Sequence
 from nx_dagster.explain.excerpts import Excerpt, Trial
 from nx_dagster.explain.naming import token_matcher
 from nx_dagster.explain.prompts import one_line, show_token
+from nx_dagster.vocab import TOKEN_LOOKUP
 
-OFFLINE_JUDGE = "token_lookup"
+OFFLINE_JUDGE = TOKEN_LOOKUP  # the offline methods share one name
 DETECTION, FUZZING, INTRUDER = "detection", "fuzzing", "intruder"
 JUDGE_PROMPT_VERSION = "judge-v1"
 _BINARY = re.compile(r"[\s,\[\]:]*([01])[\s,\]]*")
