@@ -107,6 +107,20 @@ def neuron_topk(
     return {key: state.result() for key, state in lists.items()}
 
 
+def list_columns(model: str, layer: int, direction: str, sign: str, n: int, k: int) -> dict:
+    """The columns that place each entry of one layer's [n, k] top-k lists of (direction, sign): every
+    neuron's k entries in rank order, neuron by neuron."""
+    count = n * k
+    return {
+        "model": pa.repeat(pa.scalar(model), count),
+        "layer": pa.repeat(pa.scalar(layer), count),
+        "neuron": np.repeat(np.arange(n, dtype=np.int32), k),
+        "direction": pa.repeat(pa.scalar(direction), count),
+        "sign": pa.repeat(pa.scalar(sign), count),
+        "rank": np.tile(np.arange(k, dtype=np.int32), n),
+    }
+
+
 def lists_to_table(model: str, lists: TopKLists, n_per_layer: int) -> pa.Table:
     """Rows of `neuron_connections` from top-k lists, ordered by layer, direction, sign, neuron, rank."""
     blocks = []
@@ -114,15 +128,9 @@ def lists_to_table(model: str, lists: TopKLists, n_per_layer: int) -> pa.Table:
         rows, kk = values.shape
         if rows * kk == 0:
             continue
-        count = rows * kk
         ids_np = ids.numpy().reshape(-1)
         blocks.append(pa.table({
-            "model": pa.repeat(pa.scalar(model), count),
-            "layer": pa.repeat(pa.scalar(layer), count),
-            "neuron": np.repeat(np.arange(rows, dtype=np.int32), kk),
-            "direction": pa.repeat(pa.scalar(direction), count),
-            "sign": pa.repeat(pa.scalar(sign), count),
-            "rank": np.tile(np.arange(kk, dtype=np.int32), rows),
+            **list_columns(model, layer, direction, sign, rows, kk),
             "other_layer": (ids_np // n_per_layer).astype(np.int32),
             "other_neuron": (ids_np % n_per_layer).astype(np.int32),
             "weight": values.numpy().reshape(-1).astype(np.float32),

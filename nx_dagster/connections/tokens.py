@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from nx_dagster.connections.neurons import SIGNS, check_layers, weight_tensor, n_layers
+from nx_dagster.connections.neurons import SIGNS, check_layers, list_columns, n_layers, weight_tensor
 from nx_dagster.connections.topk import tile_topk
 from nx_dagster.model.token_strings import TokenStrings
 from nx_dagster.storage.schema import computed_schema
@@ -80,15 +80,9 @@ def token_connection_rows(
     blocks = []
     for (layer, direction, sign), (values, ids) in sorted(token_topk(weights, layers, k, device, dtype).items()):
         n, kk = values.shape
-        count = n * kk
         ids_np = ids.numpy().reshape(-1)
         blocks.append(pa.table({
-            "model": pa.repeat(pa.scalar(model_name), count),
-            "layer": pa.repeat(pa.scalar(layer), count),
-            "neuron": np.repeat(np.arange(n, dtype=np.int32), kk),
-            "direction": pa.repeat(pa.scalar(direction), count),
-            "sign": pa.repeat(pa.scalar(sign), count),
-            "rank": np.tile(np.arange(kk, dtype=np.int32), n),
+            **list_columns(model_name, layer, direction, sign, n, kk),
             "token_id": ids_np.astype(np.int32),
             "token": strings.column(ids_np),
             "weight": values.numpy().reshape(-1).astype(np.float32),
