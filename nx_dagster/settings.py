@@ -169,6 +169,11 @@ NAMES = tuple(name.upper() for name in Settings.model_fields)  # the environment
 _DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
 
 
+def _shown(default: Any) -> str:
+    """A default as one writes it in the environment."""
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
 def _checked(build) -> Settings:
     """`build()`, with a validation error turned into the one-line NxInputError of its first bad setting."""
     try:
@@ -179,8 +184,9 @@ def _checked(build) -> Settings:
         if isinstance(cause, NxInputError):
             raise cause from None
         name = str(err["loc"][0]).upper() if err["loc"] else "a setting"
-        field = Settings.model_fields.get(name.lower())
-        fix = f"set it to e.g. {field.default} (the default), or unset it" if field else "correct it, or unset it"
+        default = _DEFAULTS.get(name.lower())
+        fix = f"set it to e.g. {_shown(default)} (the default), or unset it" if default is not None else \
+            "correct it, or unset it"
         raise NxInputError(f"{name} {err['input']!r}", err["msg"][0].lower() + err["msg"][1:], fix) from None
 
 
@@ -225,8 +231,7 @@ def markdown_table() -> str:
              "the Dagster resources `nx` and `llm` set in run config. Blank means unset.", "",
              "| Name | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = "unset" if default is None else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        shown = "unset" if field.default is None else f"`{_shown(field.default)}`"
         lines.append(f"| `{name.upper()}` | {shown} | {field.description} |")
     lines += ["", "Read by others, not by `Settings`: `DAGSTER_HOME` (Dagster's instance folder; unset: the",
               "data root's `.dagster`), `NX_DAGSTER_PG_URL` (read by `deploy/dagster.yaml`), `NX_CELERY_BROKER`",
