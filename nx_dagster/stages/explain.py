@@ -69,8 +69,11 @@ def loaded(report: Progress | None, what: str, n_neurons: int, t0: float) -> Non
         report(f"{what} {n_neurons:,} neurons' records loaded in {time.perf_counter() - t0:.1f} s")
 
 
-def _with(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
-    return table.set_column(table.schema.get_field_index(name), name, values)
+def _with(table: pa.Table, name: str, value) -> pa.Table:
+    """`table` with `value` in column `name` of every row (as the column's type)."""
+    i = table.schema.get_field_index(name)
+    field = table.schema.field(i)
+    return table.set_column(i, field, pa.repeat(pa.scalar(value, field.type), table.num_rows))
 
 
 def _in_chunks(items: list, work: Callable[[list], list], label: str, report: Progress | None,
@@ -153,11 +156,11 @@ def write_scores(catalog: Catalog, model: str, corpus: str, explanation_variant:
         sims = simulations_table(_in_chunks(pair_by_neuron(expls, records),
                                             lambda chunk: simulate(chunk, simulator, client), label, report,
                                             client is not None))
-    sims = _with(sims, "explainer", pa.array([explainer] * sims.num_rows, pa.string()))
+    sims = _with(sims, "explainer", explainer)
     scores = score_simulations(sims, explanation_variants(expls))
     model_used = sims.column("simulator_model")[0].as_py() if sims.num_rows else None
     scores = pa.concat_tables([scores, unscored_rows(expls, scores, scored_variant, simulator, model_used)])
-    scores = _with(scores, "explainer", pa.array([explainer] * scores.num_rows, pa.string()))
+    scores = _with(scores, "explainer", explainer)
     keys = {"model": model, "gelu_variant": scored_variant, "explanation_gelu_variant": explanation_variant,
             "layer": layers, "explainer": explainer, "simulator": simulator}
     if neurons is not None:
