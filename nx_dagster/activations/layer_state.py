@@ -16,7 +16,6 @@ from nx_dagster.activations.store import TopKStore
 from nx_dagster.vocab import N_QUANTILE_BINS
 
 
-
 class LayerState:
     """Stores (top, random, the five quantile bins side by side), the sketch of per-sequence maxima, the
     moments, the current quantile boundaries and each neuron's hash salt, for a contiguous range of
