@@ -84,14 +84,6 @@ def _shape(root: str, manifest: dict, con, model: str, shape: tuple[int, int] | 
                        "give the shape with --shape LAYERSxNEURONS (GPT-2 small: 12x3072, XL: 48x6400)")
 
 
-def _ensure_source_columns(con) -> None:
-    """Catalogs created before the `source` column existed get it (NULL for their rows)."""
-    for table in NeuronRows("", "", 0, 0).rows:
-        cols = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-        if "source" not in cols:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN source VARCHAR")
-
-
 def _parse_layer(url: str, layer: int, n_neurons: int, model: str, corpus: str, pool, missing: dict) -> NeuronRows:
     rows = NeuronRows(model, corpus, layer, n_neurons)
     fs, base = fsspec.core.url_to_fs(url)
@@ -174,7 +166,6 @@ def _import(catalog: Catalog, con, url: str, model: str, corpus: str, threads: i
             for k, v in json.loads((folder / "parsed").read_text()).items():
                 missing[k] = missing.get(k, 0) + v
             bar.update()
-    _ensure_source_columns(con)
     models_row = rows_to_table("models", [{"model": model, "n_layer": n_layer, "n_neurons": n_neurons, "source": root}])
     done = 0
     for layer in layers:  # phase 2: one transaction per layer
