@@ -155,7 +155,9 @@ def reference() -> str:
     """The column reference docs/tables.md: per table its description and its columns with DuckDB types."""
     out = ["# Tables", "",
            "The public tables and their columns (PRODUCT.md §4). Generated from `nx_dagster/storage/schema.py`",
-           "by `schema.reference()`; tests/test_schema.py checks that this file matches it.", ""]
+           "by `schema.reference()` (tests/test_schema.py checks that it matches); to regenerate:", "",
+           "    python -c \"from nx_dagster.storage.schema import reference; print(reference(), end='')\" > docs/tables.md",
+           ""]
     for name in TABLES:
         out += [f"## `{name}`", "", DESCRIPTIONS[name], "", "| column | type |", "| --- | --- |"]
         out += [f"| `{col}` | {sql} |" for col, sql in columns(name)]
