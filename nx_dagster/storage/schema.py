@@ -30,7 +30,8 @@ _TABLES: dict[str, tuple[str, list[tuple[str, pa.DataType]]]] = {
         ("data_version", VARCHAR), ("source", VARCHAR), ("created_at", TIMESTAMPTZ)]),
     "sequences": ("The corpus sequences activations are recorded on, as token ids and token strings.", [
         ("model", VARCHAR), ("corpus", VARCHAR), ("sequence_id", BIGINT), ("document", VARCHAR),
-        ("start_token", INTEGER), ("token_ids", pa.list_(INTEGER)), ("tokens", pa.list_(VARCHAR)), ("source", VARCHAR)]),
+        ("start_token", INTEGER), ("token_ids", pa.list_(INTEGER)), ("tokens", pa.list_(VARCHAR)),
+        ("source", VARCHAR)]),
     "activation_records": ("Per neuron, the top, random and quantile sequences with their activations.", [
         ("model", VARCHAR), ("corpus", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
         ("kind", VARCHAR), ("quantile", INTEGER), ("rank", INTEGER), ("split", VARCHAR), ("sequence_id", BIGINT),
@@ -153,11 +154,11 @@ def rows_to_table(name: str, rows: Sequence[dict[str, Any]]) -> pa.Table:
 
 def reference() -> str:
     """The column reference docs/tables.md: per table its description and its columns with DuckDB types."""
+    regenerate = "python -c \"from nx_dagster.storage.schema import reference; print(reference(), end='')\""
     out = ["# Tables", "",
            "The public tables and their columns (PRODUCT.md §4). Generated from `nx_dagster/storage/schema.py`",
            "by `schema.reference()` (tests/test_schema.py checks that it matches); to regenerate:", "",
-           "    python -c \"from nx_dagster.storage.schema import reference; print(reference(), end='')\" > docs/tables.md",
-           ""]
+           f"    {regenerate} > docs/tables.md", ""]
     for name in TABLES:
         out += [f"## `{name}`", "", DESCRIPTIONS[name], "", "| column | type |", "| --- | --- |"]
         out += [f"| `{col}` | {sql} |" for col, sql in columns(name)]
