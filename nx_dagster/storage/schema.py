@@ -132,8 +132,7 @@ def ddl(table: str) -> str:
 
 def computed_schema(table: str) -> pa.Schema:
     """`table`'s schema without `source`: the columns of the rows computed here (they leave it NULL)."""
-    schema = TABLES[table]
-    return schema.remove(schema.get_field_index("source"))
+    return pa.schema([f for f in TABLES[table] if f.name != "source"])
 
 
 def table(name: str, cols: Mapping[str, Any]) -> pa.Table:
