@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nx_dagster.errors import NxInputError
@@ -31,6 +31,7 @@ DEFAULT_HOME = "./nx_data"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 LEDGER_FILE = "llm_ledger.sqlite"
+SECONDS_FIELDS = {"nx_catalog_wait_s": True, "nx_worker_beat_s": False, "nx_worker_stale_s": False}  # -> 0 allowed
 
 
 def _seconds(name: str, raw: Any, default: float, allow_zero: bool) -> float:
@@ -108,20 +109,11 @@ class Settings(BaseSettings):
     # the terminal
     no_color: bool = Field(False, description="any value: no ANSI colours in `nxd neuron --color auto`")
 
-    @field_validator("nx_catalog_wait_s", mode="before")
+    @field_validator(*SECONDS_FIELDS, mode="before")
     @classmethod
-    def _wait(cls, raw: Any) -> float:
-        return _seconds("NX_CATALOG_WAIT_S", raw, 600.0, allow_zero=True)
-
-    @field_validator("nx_worker_beat_s", mode="before")
-    @classmethod
-    def _beat(cls, raw: Any) -> float:
-        return _seconds("NX_WORKER_BEAT_S", raw, 10.0, allow_zero=False)
-
-    @field_validator("nx_worker_stale_s", mode="before")
-    @classmethod
-    def _stale(cls, raw: Any) -> float:
-        return _seconds("NX_WORKER_STALE_S", raw, 120.0, allow_zero=False)
+    def _seconds_field(cls, raw: Any, info: ValidationInfo) -> float:
+        name = info.field_name
+        return _seconds(name.upper(), raw, cls.model_fields[name].default, allow_zero=SECONDS_FIELDS[name])
 
     @field_validator("nx_layers_per_run", mode="before")
     @classmethod
