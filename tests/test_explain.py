@@ -51,7 +51,8 @@ def test_token_lookup_explainer_names_the_strongest_train_tokens_deterministical
     e = token_lookup_explanation(n)
     assert e.explanation == 'fires on tokens: " Paris", " London"' and e.failure_reason is None
     assert e == token_lookup_explanation(n) and e.explanation_id.startswith("x")
-    assert token_lookup_values(e.explanation, [" Paris", "Paris", " Rome", " London"]) == [10, 10, 0, 10]
+    # quoted tokens are read exactly: "Paris" (no leading space) is another token (issue 21's " The" neuron)
+    assert token_lookup_values(e.explanation, [" Paris", "Paris", " Rome", " London"]) == [10, 0, 0, 10]
     dead = token_lookup_explanation(neuron([rec(["a", "b"], [-0.2, 0.0])]))
     assert dead.explanation is None and "no positive activation" in dead.failure_reason
 

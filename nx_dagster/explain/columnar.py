@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain.explainers import TOKEN_LOOKUP_PREFIX, TOKEN_LOOKUP_VERSION
 from nx_dagster.explain.records import Explanation
-from nx_dagster.explain.simulators import named_tokens
+from nx_dagster.explain.naming import token_matcher
 from nx_dagster.storage.schema import TABLES
 from nx_dagster.vocab import CALIBRATION_SPLIT, EXPLAIN_SPLIT, SCORED_SPLIT, SIMULATED_KINDS, TOKEN_LOOKUP, TOP
 
@@ -126,13 +126,27 @@ class RecordColumns:
         return rows, np.searchsorted(self.neuron[rows], np.arange(len(self.neurons) + 1))
 
     @cached_property
-    def hit_ids(self) -> dict[str, list[int]]:
-        """Stripped lower-case token -> the vocab ids that `token_lookup_hit` maps to it (never blank ones)."""
+    def word_ids(self) -> dict[str, list[int]]:
+        """Stripped lower-case token -> the vocab ids a named word matches (never blank ones)."""
         out: dict[str, list[int]] = {}
         for v, t in enumerate(self.vocab):
             if t.strip():
                 out.setdefault(t.strip().lower(), []).append(v)
         return out
+
+    @cached_property
+    def exact_ids(self) -> dict[str, list[int]]:
+        """Token string -> the vocab ids that read as it (a quoted token matches exactly)."""
+        out: dict[str, list[int]] = {}
+        for v, t in enumerate(self.vocab):
+            out.setdefault(t, []).append(v)
+        return out
+
+    def named_ids(self, explanation: str) -> list[int]:
+        """The vocab ids `naming.token_matcher(explanation)` accepts."""
+        named = token_matcher(explanation)
+        ids = self.exact_ids if named.quoted else self.word_ids
+        return [v for name in (named.quoted or named.words) for v in ids.get(name, ())]
 
     @cached_property
     def vocab_rank(self) -> np.ndarray:
@@ -214,7 +228,7 @@ def token_lookup_simulations(explanations: list[Explanation], cols: RecordColumn
     hits = np.zeros((len(paired), len(cols.vocab)), bool)  # (E, V)
     for i, (e, _) in enumerate(paired):
         if e.explanation is not None:
-            hits[i, [v for name in named_tokens(e.explanation) for v in cols.hit_ids.get(name, ())]] = True
+            hits[i, cols.named_ids(e.explanation)] = True
     hit = hits[np.repeat(job_expl, lengths), cols.token_ids[at]]
     failed = np.array([e.explanation is None for e, _ in paired], bool)[job_expl]
     offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)

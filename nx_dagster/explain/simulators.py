@@ -8,7 +8,8 @@ Each is a named choice; every one returns per-token expected values or a failure
   `token<TAB>unknown`; the expected value comes from the distribution at each `unknown` (the original
   all-at-once method). Endpoints that reject echo (OpenAI) stop the run with a clear message.
 - `logprob_free` — the same chat request without logprobs; the written numbers are the values.
-- `token_lookup` — offline: reads only the explanation text, 10 for the tokens it names, else 0.
+- `token_lookup` — offline: reads only the explanation text, 10 for the tokens it names (quoted tokens
+  exactly, leading space and case included; else its words case-blind), else 0.
 
 A reply that cannot be used (the failure reasons of `replies.py`) is marked `unusable` in the ledger and the
 sequence is re-asked (`LLMClient.map_usable`, `reasks` more times per run) before it fails.
@@ -16,13 +17,12 @@ sequence is re-asked (`LLMClient.map_usable`, `reasks` more times per run) befor
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from typing import Sequence
 
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain.llm import LLMClient, LLMRequest, LLMResult
+from nx_dagster.explain.naming import token_matcher
 from nx_dagster.explain.prompts import (
     ACTIVATIONS_SCHEMA, SIMULATE_ECHO_PROMPT_VERSION, SIMULATE_JSON_PROMPT_VERSION, echo_prompt, simulate_messages,
 )
@@ -36,41 +36,17 @@ from nx_dagster.vocab import (
 )
 
 log = logging.getLogger(__name__)
-SIMULATOR_VERSIONS = {TOKEN_LOOKUP: "token-lookup-v1", JSON_LOGPROBS: SIMULATE_JSON_PROMPT_VERSION,
+SIMULATOR_VERSIONS = {TOKEN_LOOKUP: "token-lookup-v2", JSON_LOGPROBS: SIMULATE_JSON_PROMPT_VERSION,
                       LOGPROB_FREE: SIMULATE_JSON_PROMPT_VERSION, ECHO_LOGPROBS: SIMULATE_ECHO_PROMPT_VERSION}
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_STOP = {"the", "an", "of", "and", "or", "to", "in", "on", "for", "with", "is", "are", "this", "that", "word",
-         "words", "token", "tokens", "neuron", "fires", "fire", "like", "such", "as"}
-
-
 class EchoUnsupportedError(NxInputError):
     """The endpoint refuses completions with echo + logprobs."""
 
 
-def named_tokens(explanation: str) -> set[str]:
-    """The tokens an explanation names, stripped and lower-cased: its JSON-quoted strings, or else its
-    words (two letters or more, not a stop word)."""
-    named: set[str] = set()
-    for lit in _QUOTED.findall(explanation):
-        try:
-            named.add(json.loads(lit).strip().lower())
-        except json.JSONDecodeError:
-            continue
-    if not named:
-        named = {w for w in re.findall(r"\w+", explanation.lower()) if len(w) > 1 and w not in _STOP}
-    return named
-
-
-def token_lookup_hit(token: str, named: set[str]) -> bool:
-    """Whether the `token_lookup` simulator predicts 10 (not 0) on `token`, given `named_tokens(...)`."""
-    return bool(token.strip()) and token.strip().lower() in named
-
-
 def token_lookup_values(explanation: str, tokens: Sequence[str]) -> list[float]:
-    """10 for tokens named in the explanation (`named_tokens`), 0 elsewhere. `columnar.py` computes the
-    same for many sequences at once."""
-    named = named_tokens(explanation)
-    return [10.0 if token_lookup_hit(t, named) else 0.0 for t in tokens]
+    """10 for the tokens the explanation names (`naming.token_matcher`: quoted tokens exactly, else words
+    case-blind), 0 elsewhere. `columnar.py` computes the same for many sequences at once."""
+    named = token_matcher(explanation)
+    return [10.0 if named(t) else 0.0 for t in tokens]
 
 
 def simulation_request(simulator: str, explanation: str, tokens: Sequence[str], model: str,
