@@ -32,7 +32,7 @@ class NeuronsConfig(dg.Config):
     neurons: str = ""  # a contiguous range such as 0-99; empty = all
 
 
-def _shard(text: str, n_neurons: int) -> range | None:
+def shard_of(text: str, n_neurons: int) -> range | None:
     chosen = parse_ranges(text, "neurons", n_neurons)
     if not chosen:
         return None
@@ -42,7 +42,7 @@ def _shard(text: str, n_neurons: int) -> range | None:
     return runs[0]
 
 
-def _llm_metadata(llm: dict) -> dict:
+def llm_metadata(llm: dict) -> dict:
     keep = ("calls", "ok", "failed", "unusable", "pending", "prompt_tokens", "completion_tokens", "cost_usd",
             "session_requests_sent", "session_answered_from_ledger", "session_failed", "session_unusable",
             "session_reasked", "session_pending_resent")
@@ -66,7 +66,7 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
         s = nx.subject
         explainer = llm.explainer_name
         layer_list = sorted(int(k) for k in context.partition_keys)
-        shard = _shard(config.neurons, s.ckpt.config.n_neurons)
+        shard = shard_of(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, explainer != TOKEN_LOOKUP)
         if client is not None:
             client.on_progress = context.log.info  # progress in the terminal and the run log
@@ -88,7 +88,7 @@ def explanations_asset(variant: str) -> dg.AssetsDefinition:
             # the explanation ids hash model, variant, neuron, explainer, its model, prompt version and text
             data_version=dg.DataVersion(short_digest(sorted(t["explanation_id"].to_pylist()), 16)),
             metadata={**nx.provenance(), "gelu_variant": variant, "settings": settings, "explainer": explainer,
-                      "pass_layers": layer_list, "seconds": round(out["seconds"], 2), **_llm_metadata(out["llm"])},
+                      "pass_layers": layer_list, "seconds": round(out["seconds"], 2), **llm_metadata(out["llm"])},
             check_results=[dg.AssetCheckResult(check_name="failure_rate", asset_key=key,
                                                passed=failed <= 0.2 * max(t.num_rows, 1),
                                                metadata={**nx.provenance(), "layers": layer_list, "failed": failed,
@@ -106,7 +106,7 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
     @dg.asset(
         key=key, partitions_def=layers, group_name=scored_variant, kinds={"openai", "duckdb"},
         deps=[dg.AssetKey([explanation_variant, "explanations"]), dg.AssetKey([scored_variant, "activations"])],
-        code_version=f"scores-v1-{'-'.join(SIMULATOR_VERSIONS.values())}", pool="llm", retry_policy=RETRY,
+        code_version=f"scores-v2-{'-'.join(SIMULATOR_VERSIONS.values())}", pool="llm", retry_policy=RETRY,
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[
             dg.AssetCheckSpec("score_ranges", asset=key, description="correlations in [-1, 1], rsquared <= 1"),
@@ -122,13 +122,14 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         s = nx.subject
         explainer, simulator = llm.explainer_name, llm.simulator_name
         layer_list = sorted(int(k) for k in context.partition_keys)
-        shard = _shard(config.neurons, s.ckpt.config.n_neurons)
+        shard = shard_of(config.neurons, s.ckpt.config.n_neurons)
         client = llm.client(nx.catalog, simulator != TOKEN_LOOKUP)
         if client is not None:
             client.on_progress = context.log.info  # progress in the terminal and the run log
         with input_errors_fail_fast():
             out = stage.write_scores(nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant,
-                                     layer_list, shard, explainer, simulator, client, report=context.log.info)
+                                     layer_list, shard, explainer, simulator, client, report=context.log.info,
+                                     null_fraction=llm.checked_null_fraction(), seed=nx.seed)
         scores = out["scores"]
         corr = np.concatenate([scores[c].to_numpy(zero_copy_only=False).astype(float)
                                for c in ("ev_correlation", "ev_correlation_top", "ev_correlation_random")])
@@ -149,7 +150,7 @@ def scores_asset(explanation_variant: str, scored_variant: str) -> dg.AssetsDefi
         meta = {**nx.provenance(), "simulator_model": client.settings.simulator_model if client else None,
                 "explainer": explainer, "simulator": simulator, "explanation_gelu_variant": explanation_variant,
                 "scored_on": scored_variant, "pass_layers": layer_list, "simulations_in_pass": out["simulations"],
-                "seconds": round(out["seconds"], 2), **_llm_metadata(out["llm"])}
+                "seconds": round(out["seconds"], 2), **llm_metadata(out["llm"])}
         content = scores.select(["explanation_id", "gelu_variant", "simulator", "simulator_model", "ev_correlation",
                                  "rsquared", "absolute_dev_explained", "failure_reason"]).to_pylist()
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(short_digest(

@@ -16,7 +16,7 @@ from nx_dagster import settings
 from nx_dagster.errors import NxInputError
 from nx_dagster.explain import Ledger, LLMClient, LLMSettings, default_ledger_path
 from nx_dagster.storage import Catalog
-from nx_dagster.vocab import EXPLAINERS, JSON_LOGPROBS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, TOKEN_LOOKUP
+from nx_dagster.vocab import EXPLAINERS, JUDGES, JSON_LOGPROBS, SIMULATORS, TOKEN_ACTIVATION_PAIRS, TOKEN_LOOKUP
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -26,6 +26,9 @@ class LLMResource(dg.ConfigurableResource):
     base_url: Optional[str] = None  # OPENAI_BASE_URL, else OpenAI's
     explainer_model: Optional[str] = None  # NX_EXPLAINER_MODEL, else gpt-4o-mini
     simulator_model: Optional[str] = None  # NX_SIMULATOR_MODEL, else gpt-4o-mini
+    judge: str = "auto"  # auto | token_lookup | json_logprobs | logprob_free (detection, fuzzing, intruder)
+    judge_model: Optional[str] = None  # NX_JUDGE_MODEL, else the simulator's model
+    null_fraction: Optional[float] = None  # share of neurons scored against a null; unset: all offline, 0.1 LLM
     ledger: Optional[str] = None  # NX_LLM_LEDGER, else NX_HOME/llm_ledger.sqlite
     concurrency: int = 8
     timeout_s: float = 60.0
@@ -50,6 +53,27 @@ class LLMResource(dg.ConfigurableResource):
             raise NxInputError(f"simulator {name!r}", "is not known", f"choose auto or one of {', '.join(SIMULATORS)}")
         return name
 
+    @property
+    def judge_name(self) -> str:
+        name = self.judge if self.judge != "auto" else (JSON_LOGPROBS if self._has_key() else TOKEN_LOOKUP)
+        if name not in JUDGES:
+            raise NxInputError(f"judge {name!r}", "is not known", f"choose auto or one of {', '.join(JUDGES)}")
+        return name
+
+    def checked_null_fraction(self) -> Optional[float]:
+        if self.null_fraction is not None and not 0 <= self.null_fraction <= 1:
+            raise NxInputError(f"null fraction {self.null_fraction}", "is not a share of neurons",
+                               "give a number from 0 (no nulls) to 1 (a null for every neuron)")
+        return self.null_fraction
+
+    def judge_for(self, catalog: Catalog):
+        """The judge of the detection, fuzzing and intruder scores (its client made on first use)."""
+        from nx_dagster.explain.classify import Judge
+
+        name = self.judge_name
+        client = self.client(catalog, name != TOKEN_LOOKUP)
+        return Judge(name, client, client.settings.judging_model if client else None)
+
     def client(self, catalog: Catalog, needed: bool) -> LLMClient | None:
         """The client (created on first use, never at import), or None for offline methods."""
         if not needed:
@@ -58,7 +82,7 @@ class LLMResource(dg.ConfigurableResource):
             call_settings = LLMSettings.from_env(
                 api_key=self.api_key or None, base_url=self.base_url or None,
                 explainer_model=self.explainer_model or None, simulator_model=self.simulator_model or None,
-                concurrency=self.concurrency, timeout_s=self.timeout_s)
+                judge_model=self.judge_model or None, concurrency=self.concurrency, timeout_s=self.timeout_s)
             path = Path(self.ledger).expanduser() if self.ledger else default_ledger_path(catalog.local)
             self._client = LLMClient(call_settings, Ledger(path))
         return self._client

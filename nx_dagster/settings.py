@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     openai_base_url: str = Field(OPENAI_BASE_URL, description="an OpenAI-compatible endpoint")
     nx_explainer_model: str = Field(DEFAULT_MODEL, description="the chat model that writes explanations")
     nx_simulator_model: str = Field(DEFAULT_MODEL, description="the model that simulates activations")
+    nx_judge_model: Optional[str] = Field(
+        None, description="the chat model that judges detection, fuzzing and intruder questions (unset: "
+                          "NX_SIMULATOR_MODEL)")
     nx_llm_ledger: Optional[Path] = Field(
         None, description=f"the LLM call ledger (unset: {LEDGER_FILE} in the data root's local state folder)")
     # workers and deployments

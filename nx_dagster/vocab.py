@@ -41,6 +41,14 @@ JSON_LOGPROBS = "json_logprobs"  # simulator: expected values from the top_logpr
 LOGPROB_FREE = "logprob_free"  # simulator: the same chat request without logprobs; the written numbers
 ECHO_LOGPROBS = "echo_logprobs"  # simulator: the original all-at-once completions prompt, read from echoed logprobs
 SIMULATORS: tuple[str, ...] = (TOKEN_LOOKUP, JSON_LOGPROBS, LOGPROB_FREE, ECHO_LOGPROBS)  # every simulator
+JUDGES: tuple[str, ...] = (TOKEN_LOOKUP, JSON_LOGPROBS, LOGPROB_FREE)  # who answers detection/fuzzing/intruder
+
+# Scorers: simulation (the 2023 method) and the classification and intruder scorers.
+SIMULATION = "simulation"  # simulate each token's activation from the explanation, then correlate (scores)
+DETECTION = "detection"  # does the neuron fire in this excerpt? (classification_scores)
+FUZZING = "fuzzing"  # are the highlighted tokens the ones the explanation describes? (classification_scores)
+INTRUDER = "intruder"  # which excerpt is another neuron's? no explanation (intruder_scores)
+SCORERS: tuple[str, ...] = (SIMULATION, DETECTION, FUZZING, INTRUDER)  # every scorer
 
 # The version of the activation recorder's output; a change makes recorded rows differ.
 RECORDER_VERSION = "recorder-v3"

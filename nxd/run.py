@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from nx_dagster.vocab import EXPLAINERS, GELU_VARIANTS, POST_FIX, PRE_FIX, SIMULATORS, TOKEN_LOOKUP
+from nx_dagster.vocab import (
+    DETECTION, EXPLAINERS, FUZZING, GELU_VARIANTS, INTRUDER, JUDGES, POST_FIX, PRE_FIX, SCORERS, SIMULATION, SIMULATORS,
+    TOKEN_LOOKUP,
+)
 
 STAGES = ("activations", "connections", "explanations", "scores")
 
@@ -26,7 +29,10 @@ def _llm_resource(args, base):
     fields = {k: getattr(base, k) for k in LLMResource.model_fields}
     fields.update({k: v for k, v in (("explainer", args.explainer), ("simulator", args.simulator),
                                      ("explainer_model", args.explainer_model), ("simulator_model", args.simulator_model),
+                                     ("judge", args.judge), ("judge_model", args.judge_model),
                                      ("ledger", args.ledger)) if v})
+    if args.null_fraction is not None:
+        fields["null_fraction"] = args.null_fraction
     return LLMResource(**fields)
 
 
@@ -45,6 +51,10 @@ def cmd_run(args) -> int:
         if s not in STAGES:
             raise _input_error(f"stage {s!r}", "is not a stage", f"use some of {', '.join(STAGES)}")
     variants = parse_variants(args.variants)
+    scorers = [s.strip() for s in (args.scorers or ",".join(SCORERS)).split(",") if s.strip()]
+    for s in scorers:
+        if s not in SCORERS:
+            raise _input_error(f"scorer {s!r}", "is not a scorer", f"use some of {', '.join(SCORERS)}")
     nx = _resource(args)
     # Validate every input before anything runs, so bad input changes no table.
     print("nxd: checking the checkpoint and the corpus", file=sys.stderr, flush=True)
@@ -58,7 +68,7 @@ def cmd_run(args) -> int:
     definitions = defs()
     all_assets = list(definitions.assets)
     llm = _llm_resource(args, definitions.resources["llm"])
-    llm.explainer_name, llm.simulator_name  # noqa: B018  (validates the choices before anything runs)
+    llm.explainer_name, llm.simulator_name, llm.judge_name, llm.checked_null_fraction()  # noqa: B018  (validated first)
     instance = open_instance(nx.catalog)
     from assets.runtime import runs
 
@@ -114,9 +124,23 @@ def cmd_run(args) -> int:
         if "explanations" in stages:
             per_layers([f"{v}/explanations" for v in variants])
         if "scores" in stages:
-            cross = [f"{POST_FIX}/scores_of_{PRE_FIX}_explanations"] if set(variants) == set(GELU_VARIANTS) else []
-            per_layers([f"{v}/scores" for v in variants] + cross)
+            per_layers(score_assets(scorers, variants))
     return 0
+
+
+def score_assets(scorers: list[str], variants: list[str]) -> list[str]:
+    """The assets of the `scores` stage for these scorers and variants (the cross-lineage ones when both
+    variants are chosen)."""
+    both = set(variants) == set(GELU_VARIANTS)
+    out = []
+    if SIMULATION in scorers:
+        out += [f"{v}/scores" for v in variants] + ([f"{POST_FIX}/scores_of_{PRE_FIX}_explanations"] if both else [])
+    if DETECTION in scorers or FUZZING in scorers:
+        out += [f"{v}/classification_scores" for v in variants] + \
+            ([f"{POST_FIX}/classification_scores_of_{PRE_FIX}_explanations"] if both else [])
+    if INTRUDER in scorers:
+        out += [f"{v}/intruder_scores" for v in variants]
+    return out
 
 
 def input_error_of(result):
@@ -195,6 +219,13 @@ def add_run_commands(sub) -> None:
     r.add_argument("--simulator", help=f"auto, {', '.join(SIMULATORS)}")
     r.add_argument("--explainer-model", help="chat model for explanations (NX_EXPLAINER_MODEL)")
     r.add_argument("--simulator-model", help="model for simulations (NX_SIMULATOR_MODEL)")
+    r.add_argument("--scorers", help=f"comma list of {','.join(SCORERS)} for the scores stage (default: all)")
+    r.add_argument("--judge", help=f"who answers detection, fuzzing and intruder questions: auto (LLM if "
+                                   f"OPENAI_API_KEY is set, else {TOKEN_LOOKUP}), {', '.join(JUDGES)}")
+    r.add_argument("--judge-model", help="chat model for the judges (NX_JUDGE_MODEL; default the simulator's)")
+    r.add_argument("--null-fraction", type=float, default=None,
+                   help="share of neurons scored against a null, another neuron's explanation (default: all with "
+                        "offline methods, 0.1 with an LLM: each null costs that scorer's calls once more)")
     r.set_defaults(fn=cmd_run)
     t = sub.add_parser("retry", help="re-execute failed or killed runs from their failure (Dagster re-execution)")
     t.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="a run of `nxd run` that failed or was killed")

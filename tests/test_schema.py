@@ -90,10 +90,12 @@ def _normalized(ddl: str) -> str:
 
 
 def test_generated_ddl_is_todays_sql_contract():
-    """Bit for bit, up to whitespace: every name, type and column order of every table of TODAY."""
+    """Bit for bit, up to whitespace: every name, type and column order of every table of TODAY; columns
+    added since come after them (the contract: add columns, rename none)."""
     assert set(TODAY) <= set(schema.TABLES)
     for table, ddl in TODAY.items():
-        assert _normalized(schema.ddl(table)) == _normalized(ddl), table
+        generated = _normalized(schema.ddl(table))
+        assert generated == _normalized(ddl) or generated.startswith(_normalized(ddl) + ", "), table
 
 
 def test_columns_are_the_ddl_pairs():

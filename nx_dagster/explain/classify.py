@@ -9,9 +9,9 @@ Every classification row also holds:
 - a 95 % bootstrap interval of the balanced accuracy, resampling the judged excerpts with the row's
   `bootstrap_seed`; the excerpts are resampled in a canonical order (by truth, then answer), so the interval
   is a function of the four counts and the seed and can be recomputed from the row;
-- a null: the same judge on the same excerpts with the explanation of another neuron of the same layer and
-  lineage (chosen with a seeded generator), for a `null_fraction` of the neurons (chosen by a seeded hash,
-  so the same neurons get a null on every run): `null_explanation_id`, `null_balanced_accuracy`;
+- a null (`baselines.null_partners`): the same judge on the same excerpts with the explanation of another
+  neuron of the same layer and lineage, for a `null_fraction` of the neurons (every neuron offline, one in
+  ten with an LLM by default): `null_explanation_id`, `null_balanced_accuracy`;
 - the judged excerpts (`excerpt_sequence_ids`, `excerpt_truth`, `excerpt_probability`), from which
   every number of the row can be recomputed.
 Intruder rows (per neuron, no explanation) hold the trials' count, the correct ones, the accuracy, its
@@ -28,15 +28,12 @@ import numpy as np
 
 from nx_dagster.explain import excerpts as ex
 from nx_dagster.explain import judges
+from nx_dagster.explain.baselines import default_null_fraction, null_partners
 from nx_dagster.explain.classification import (
     auroc, balanced_accuracy_interval, confusion, percentile_interval, resample_counts)
 from nx_dagster.explain.llm import LLMClient, LLMRequest
 from nx_dagster.explain.records import Explanation, NeuronRecords
-from nx_dagster.vocab import JSON_LOGPROBS, LOGPROB_FREE, TOKEN_LOOKUP
-
-JUDGES = (TOKEN_LOOKUP, JSON_LOGPROBS, LOGPROB_FREE)
-NULL_FRACTION_OFFLINE = 1.0  # the offline judge is free: every neuron gets a null
-NULL_FRACTION_LLM = 0.1  # an LLM judge pays for each null: one neuron in ten by default
+from nx_dagster.vocab import JSON_LOGPROBS, TOKEN_LOOKUP
 _METRICS = ("n_positive", "n_negative", "true_positive", "false_positive", "true_negative", "false_negative",
             "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "f1", "auroc",
             "excerpt_probability", "null_explanation_id", "null_balanced_accuracy")  # NULL until computed
@@ -44,7 +41,7 @@ _METRICS = ("n_positive", "n_negative", "true_positive", "false_positive", "true
 
 @dataclass(frozen=True)
 class Judge:
-    name: str  # one of JUDGES
+    name: str  # one of vocab.JUDGES
     client: LLMClient | None = None  # for the LLM judges
     model: str | None = None
     top_logprobs: int = 20
@@ -54,9 +51,14 @@ class Judge:
         return self.name == TOKEN_LOOKUP
 
 
-def _chosen(key: str, fraction: float) -> bool:
-    """Whether a neuron gets a null: a seeded hash of its key below `fraction`."""
-    return fraction >= 1 or (fraction > 0 and ex.seed_of_text(key) / 2 ** 63 < fraction)
+def _why_not(excerpts: list[ex.Excerpt]) -> str | None:
+    """Why these excerpts cannot give a balanced accuracy (one class is empty), or None."""
+    if not any(x.truth for x in excerpts):
+        return "no activating record to judge (the neuron never fires)"
+    if all(x.truth for x in excerpts):
+        return (f"no non-activating excerpt: every record reaches {ex.ACTIVE_FRACTION:g} of the neuron's top "
+                "activation (a neuron that fires everywhere)")
+    return None
 
 
 def _canonical(truth: np.ndarray, said: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,19 +102,14 @@ def classification_rows(scorer: str, pairs: Sequence[tuple[Explanation, NeuronRe
                         null_fraction: float | None = None, seed: int = 0) -> list[dict]:
     """One row per (explanation, records) pair; `pairs` from one layer and lineage each for the nulls."""
     draw = ex.detection_excerpts if scorer == judges.DETECTION else ex.fuzzing_excerpts
-    fraction = null_fraction if null_fraction is not None else \
-        NULL_FRACTION_OFFLINE if judge.offline else NULL_FRACTION_LLM
-    usable = [e for e, _ in pairs if e.explanation is not None]
+    fraction = null_fraction if null_fraction is not None else default_null_fraction(judge.name)
+    partners = null_partners([e for e, _ in pairs], fraction, seed, scorer)
     plans, questions = [], []
     for e, records in pairs:
         row_seed = ex.seed_of(records, scorer, seed)
         excerpts = draw(records, row_seed)
-        null = None
-        others = [o for o in usable if o.layer == e.layer and o.neuron != e.neuron and o.model == e.model
-                  and o.gelu_variant == e.gelu_variant and o.explainer == e.explainer]
-        if others and _chosen(f"{records.model}|{records.gelu_variant}|{e.explanation_id}|{scorer}|{seed}", fraction):
-            null = others[int(np.random.default_rng(row_seed ^ 1).integers(len(others)))]
-        ask = e.explanation is not None and bool(excerpts)
+        null = partners.get(e.explanation_id)
+        ask = e.explanation is not None and _why_not(excerpts) is None
         plans.append((e, records, row_seed, excerpts, null, len(questions) if ask else None))
         if ask:
             questions.append((e.explanation, excerpts))
@@ -129,8 +126,8 @@ def classification_rows(scorer: str, pairs: Sequence[tuple[Explanation, NeuronRe
                "excerpt_truth": [x.truth for x in excerpts], **dict.fromkeys(_METRICS)}
         if e.explanation is None:
             row["failure_reason"] = f"no explanation to score ({e.failure_reason})"
-        elif not excerpts:
-            row["failure_reason"] = "no activating record to judge (the neuron never fires)"
+        elif _why_not(excerpts):
+            row["failure_reason"] = _why_not(excerpts)
         else:
             values, failure = answers[at]
             row["failure_reason"] = failure

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -33,8 +34,8 @@ N_TRIALS, TRIAL_SIZE = 5, 4  # intruder trials, and the neuron's excerpts in eac
 @dataclass(frozen=True)
 class Excerpt:
     sequence_id: int
-    tokens: tuple[str, ...]
-    activations: tuple[float, ...]
+    tokens: Sequence[str]
+    activations: Sequence[float]
     truth: bool  # detection: drawn as activating; fuzzing: highlighted correctly
     highlight: tuple[int, ...] = ()  # positions shown highlighted (fuzzing and intruder)
 
@@ -64,7 +65,7 @@ def threshold(records: NeuronRecords) -> float | None:
 
 
 def _excerpt(r: ActivationRecord, truth: bool, highlight: tuple[int, ...] = ()) -> Excerpt:
-    return Excerpt(r.sequence_id, tuple(r.tokens), tuple(r.activations), truth, highlight)
+    return Excerpt(r.sequence_id, r.tokens, r.activations, truth, highlight)  # the record's lists, not copied
 
 
 def _active_positions(r: ActivationRecord, tau: float) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
 """Judges: who answers a detection, fuzzing or intruder question, offline or through an LLM.
 
-Offline judges (`OFFLINE_JUDGE`, no key, no network) read an explanation the way the offline simulator
+Offline judges (`token_lookup`, no key, no network) read an explanation the way the offline simulator
 does (`naming.token_matcher`: quoted tokens exactly, else words case-blind):
 - detection: an excerpt fires when one of its tokens is named; probability 1 or 0;
-- fuzzing: the highlighting fits when every highlighted token is named;
+- fuzzing: the highlighting fits when a highlighted token is named (the explanation names a few tokens;
+  the truly activating ones are marked with the others that reach the threshold);
 - intruder: the excerpt whose highlighted tokens share the fewest strings with the other excerpts'
   highlighted tokens (the first of equals).
 LLM judges ask a chat model for JSON (`{"answers": [0|1, ...]}` or `{"intruder": i}`); with `top_logprobs`
@@ -24,10 +25,8 @@ from typing import Sequence
 from nx_dagster.explain.excerpts import Excerpt, Trial
 from nx_dagster.explain.naming import token_matcher
 from nx_dagster.explain.prompts import one_line, show_token
-from nx_dagster.vocab import TOKEN_LOOKUP
+from nx_dagster.vocab import DETECTION, FUZZING, INTRUDER  # noqa: F401  (the scorers' names, used as judges.X)
 
-OFFLINE_JUDGE = TOKEN_LOOKUP  # the offline methods share one name
-DETECTION, FUZZING, INTRUDER = "detection", "fuzzing", "intruder"
 JUDGE_PROMPT_VERSION = "judge-v1"
 _BINARY = re.compile(r"[\s,\[\]:]*([01])[\s,\]]*")
 
@@ -63,7 +62,7 @@ def offline_detection(explanation: str, excerpts: Sequence[Excerpt]) -> list[flo
 
 def offline_fuzzing(explanation: str, excerpts: Sequence[Excerpt]) -> list[float]:
     named = token_matcher(explanation)
-    return [1.0 if e.highlight and all(named(e.tokens[i]) for i in e.highlight) else 0.0 for e in excerpts]
+    return [1.0 if named.any_of(e.tokens[i] for i in e.highlight) else 0.0 for e in excerpts]
 
 
 def offline_intruder(trial: Trial) -> int:

@@ -57,6 +57,7 @@ class LLMSettings:
     base_url: str = OPENAI_BASE_URL
     explainer_model: str = DEFAULT_MODEL
     simulator_model: str = DEFAULT_MODEL
+    judge_model: str | None = None  # None: simulator_model
     concurrency: int = 8
     timeout_s: float = 60.0
     max_attempts: int = 6  # HTTP attempts per call (429/5xx/timeouts/connection errors are retried)
@@ -67,12 +68,18 @@ class LLMSettings:
 
     @classmethod
     def from_env(cls, api_key: str | None = None, base_url: str | None = None, explainer_model: str | None = None,
-                 simulator_model: str | None = None, **kwargs: Any) -> "LLMSettings":
+                 simulator_model: str | None = None, judge_model: str | None = None, **kwargs: Any) -> "LLMSettings":
         """Explicit arguments win over the Settings."""
         s = nx_settings.current()
         return cls(api_key=api_key or s.secret("openai_api_key"), base_url=base_url or s.openai_base_url,
                    explainer_model=explainer_model or s.nx_explainer_model,
-                   simulator_model=simulator_model or s.nx_simulator_model, **kwargs)
+                   simulator_model=simulator_model or s.nx_simulator_model,
+                   judge_model=judge_model or s.nx_judge_model, **kwargs)
+
+    @property
+    def judging_model(self) -> str:
+        """The model that answers judge questions."""
+        return self.judge_model or self.simulator_model
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def neuron_records_from_arrow(
             if tokens_by_sequence is None or sid not in tokens_by_sequence:
                 raise NxInputError(f"sequence {sid}", "has activation records but no tokens",
                                    "rebuild the sequences and activations stages from the same corpus")
-            tokens = list(tokens_by_sequence[sid])
+            tokens = tokens_by_sequence[sid]  # shared by every record of the sequence (never changed)
         grouped[(model, variant, int(layer), int(neuron))].append(ActivationRecord(
             sequence_id=int(sid), tokens=tokens, activations=values, kind=kind, split=split, rank=int(rank or 0)))
     return [NeuronRecords(*k, records=v) for k, v in sorted(grouped.items())]

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 
 VARCHAR, INTEGER, BIGINT = pa.string(), pa.int32(), pa.int64()
-FLOAT, DOUBLE = pa.float32(), pa.float64()
+FLOAT, DOUBLE, BOOLEAN = pa.float32(), pa.float64(), pa.bool_()
 TIMESTAMPTZ = pa.timestamp("us", tz="UTC")
 _SQL_TYPES = {VARCHAR: "VARCHAR", INTEGER: "INTEGER", BIGINT: "BIGINT", FLOAT: "FLOAT", DOUBLE: "DOUBLE",
-              TIMESTAMPTZ: "TIMESTAMP WITH TIME ZONE"}
+              BOOLEAN: "BOOLEAN", TIMESTAMPTZ: "TIMESTAMP WITH TIME ZONE"}
 
 
 # table -> (one-line description, columns)
@@ -71,7 +71,39 @@ _TABLES: dict[str, tuple[str, list[tuple[str, pa.DataType]]]] = {
         ("simulator", VARCHAR), ("simulator_model", VARCHAR), ("ev_correlation", DOUBLE),
         ("ev_correlation_top", DOUBLE), ("ev_correlation_random", DOUBLE), ("rsquared", DOUBLE),
         ("absolute_dev_explained", DOUBLE), ("calibrated_rsquared", DOUBLE), ("n_tokens", BIGINT),
-        ("failure_reason", VARCHAR), ("n_sequences", BIGINT), ("n_failed_sequences", BIGINT), ("source", VARCHAR)]),
+        ("failure_reason", VARCHAR), ("n_sequences", BIGINT), ("n_failed_sequences", BIGINT), ("source", VARCHAR),
+        # the bootstrap interval of ev_correlation (scored sequences resampled with bootstrap_seed) and the
+        # null: another neuron's explanation simulated on this neuron's records (NULL where none was drawn)
+        ("ev_correlation_ci_low", DOUBLE), ("ev_correlation_ci_high", DOUBLE), ("bootstrap_seed", BIGINT),
+        ("null_explanation_id", VARCHAR), ("null_ev_correlation", DOUBLE)]),
+    "classification_scores": ("Per explanation, scorer (detection or fuzzing) and judge: how often the judge, "
+                              "reading the explanation, tells activating excerpts from the others.", [
+        ("explanation_id", VARCHAR), ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
+        ("explanation_gelu_variant", VARCHAR), ("gelu_variant", VARCHAR), ("explainer", VARCHAR),
+        ("scorer", VARCHAR), ("judge", VARCHAR), ("judge_model", VARCHAR), ("n_positive", INTEGER),
+        ("n_negative", INTEGER), ("true_positive", INTEGER), ("false_positive", INTEGER),
+        ("true_negative", INTEGER), ("false_negative", INTEGER), ("balanced_accuracy", DOUBLE),
+        ("balanced_accuracy_ci_low", DOUBLE), ("balanced_accuracy_ci_high", DOUBLE), ("f1", DOUBLE),
+        ("auroc", DOUBLE), ("null_explanation_id", VARCHAR), ("null_balanced_accuracy", DOUBLE),
+        ("bootstrap_seed", BIGINT), ("excerpt_sequence_ids", pa.list_(BIGINT)),
+        ("excerpt_truth", pa.list_(BOOLEAN)), ("excerpt_probability", pa.list_(DOUBLE)),
+        ("failure_reason", VARCHAR), ("source", VARCHAR)]),
+    "intruder_scores": ("Per neuron and judge (no explanation): how often the judge finds the excerpt of "
+                        "another neuron among the neuron's own.", [
+        ("model", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("judge", VARCHAR),
+        ("judge_model", VARCHAR), ("n_trials", INTEGER), ("n_correct", INTEGER), ("accuracy", DOUBLE),
+        ("accuracy_ci_low", DOUBLE), ("accuracy_ci_high", DOUBLE), ("chance", DOUBLE), ("bootstrap_seed", BIGINT),
+        ("failure_reason", VARCHAR), ("source", VARCHAR)]),
+    "method_checks": ("Per `nxd check-method` run and scorer: a method set-up on planted neurons of known "
+                      "meaning (recovered, scores of planted vs random neurons, LLM cost per neuron).", [
+        ("check_id", VARCHAR), ("created_at", TIMESTAMPTZ), ("explainer", VARCHAR), ("explainer_model", VARCHAR),
+        ("simulator", VARCHAR), ("simulator_model", VARCHAR), ("judge", VARCHAR), ("judge_model", VARCHAR),
+        ("scorer", VARCHAR), ("n_planted", INTEGER), ("n_recovered", INTEGER), ("n_random", INTEGER),
+        ("planted_mean", DOUBLE), ("planted_ci_low_mean", DOUBLE), ("planted_null_mean", DOUBLE),
+        ("planted_above_null", DOUBLE), ("random_mean", DOUBLE), ("random_null_mean", DOUBLE),
+        ("random_above_null", DOUBLE), ("llm_calls", BIGINT), ("prompt_tokens", BIGINT),
+        ("completion_tokens", BIGINT), ("cost_usd_per_neuron", DOUBLE), ("seconds", DOUBLE),
+        ("passed", BOOLEAN)]),
     "llm_calls": ("Every LLM request and its outcome, copied from the call ledger.", [
         ("call_key", VARCHAR), ("endpoint", VARCHAR), ("model", VARCHAR), ("kind", VARCHAR),
         ("request_json", VARCHAR), ("response_json", VARCHAR), ("status", VARCHAR), ("http_status", INTEGER),
@@ -109,6 +141,9 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "explanations": ("explanation_id",),
     "simulations": ("explanation_id", "gelu_variant", "simulator", "simulator_model", "sequence_id", "kind", "split"),
     "scores": ("explanation_id", "gelu_variant", "simulator", "simulator_model"),
+    "classification_scores": ("explanation_id", "gelu_variant", "scorer", "judge", "judge_model"),
+    "intruder_scores": ("model", "gelu_variant", "layer", "neuron", "judge", "judge_model"),
+    "method_checks": ("check_id", "scorer"),
     "llm_calls": ("call_key",),
 }
 
