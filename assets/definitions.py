@@ -7,6 +7,7 @@ from assets.classify import CLASSIFY_ASSETS
 from assets.connections import CONNECTION_ASSETS
 from assets.explain import EXPLAIN_ASSETS
 from assets.llm import LLMResource
+from assets.method_check import method_check
 from assets.release import RELEASE_ASSETS
 from assets.resources import NxResource
 from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
@@ -15,7 +16,7 @@ from nx_dagster.vocab import GELU_VARIANTS, POST_FIX, PRE_FIX
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS, *CLASSIFY_ASSETS, *RELEASE_ASSETS],
+        assets=[*ACTIVATION_ASSETS, *CONNECTION_ASSETS, *EXPLAIN_ASSETS, *CLASSIFY_ASSETS, method_check, *RELEASE_ASSETS],
         # unset fields come from the Settings of the process that runs a step: the API key never enters config
         resources={"nx": NxResource(), "llm": LLMResource()},
         jobs=[

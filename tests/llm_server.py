@@ -279,12 +279,12 @@ class FakeLLMServer:
 
 def judge_pieces(schema: str, description: str, excerpts: list[str]) -> list[tuple[str, dict[str, float] | None]]:
     """The fake judge: detection says yes when a word of an excerpt is a word of the description; fuzzing
-    (tokens marked <<...>>) when every marked token is; the intruder is the excerpt whose marked tokens
-    share the fewest strings with the other excerpts' marked tokens."""
+    (tokens marked <<...>>) when every marked token is; the intruder is the excerpt whose marked tokens are
+    least alike the others' (the offline judge's rule)."""
     if schema == "intruder_answer":
-        marked = [set(_MARKED.findall(e)) for e in excerpts]
-        shared = [sum(len(m & o) for j, o in enumerate(marked) if j != i) for i, m in enumerate(marked)]
-        return [('{"intruder":' + str(shared.index(min(shared)) + 1) + "}", None)]
+        from nx_dagster.explain.judges import least_alike
+
+        return [('{"intruder":' + str(least_alike([set(_MARKED.findall(e)) for e in excerpts]) + 1) + "}", None)]
     pieces: list[tuple[str, dict[str, float] | None]] = [('{"answers":[', None)]
     for i, e in enumerate(excerpts):
         marks = _MARKED.findall(e)

@@ -5,8 +5,8 @@ does (`naming.token_matcher`: quoted tokens exactly, else words case-blind):
 - detection: an excerpt fires when one of its tokens is named; probability 1 or 0;
 - fuzzing: the highlighting fits when a highlighted token is named (the explanation names a few tokens;
   the truly activating ones are marked with the others that reach the threshold);
-- intruder: the excerpt whose highlighted tokens share the fewest strings with the other excerpts'
-  highlighted tokens (the first of equals).
+- intruder: the excerpt whose highlighted tokens are least alike the other excerpts' (`least_alike`:
+  Jaccard similarity of the highlighted strings; the first of equals).
 LLM judges ask a chat model for JSON (`{"answers": [0|1, ...]}` or `{"intruder": i}`); with `top_logprobs`
 the probability of each answer is p(1) / (p(0) + p(1)) over the alternatives at its digit, which gives
 AUROC; without them the written digit is the answer and AUROC stays NULL. Each `parse_*` returns
@@ -66,9 +66,17 @@ def offline_fuzzing(explanation: str, excerpts: Sequence[Excerpt]) -> list[float
 
 
 def offline_intruder(trial: Trial) -> int:
-    marked = [{e.tokens[i] for i in e.highlight} for e in trial.excerpts]
-    shared = [sum(len(m & other) for j, other in enumerate(marked) if j != i) for i, m in enumerate(marked)]
-    return shared.index(min(shared))
+    return least_alike([{e.tokens[i] for i in e.highlight} for e in trial.excerpts])
+
+
+def least_alike(marked: list[set[str]]) -> int:
+    """The position of the set least like the others: the smallest sum of Jaccard similarities (|A ∩ B| /
+    |A ∪ B|) to the other sets; the first of equals."""
+    def jaccard(a: set[str], b: set[str]) -> float:
+        return len(a & b) / len(a | b) if a or b else 0.0
+
+    alike = [sum(jaccard(m, o) for j, o in enumerate(marked) if j != i) for i, m in enumerate(marked)]
+    return alike.index(min(alike))
 
 
 # -- prompts ---------------------------------------------------------------------------------------

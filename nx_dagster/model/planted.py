@@ -5,14 +5,16 @@ name each planted neuron's token and score it near 1, and must not score the ran
 as well. The checkpoint is built in Hugging Face layout (`config.json`, `model.safetensors`,
 `tokenizer.json`) with the bundled tokenizer, so token strings and the corpus are real; the weights are
 made here:
-- token embeddings are random (Gaussian), position embeddings zero;
-- layer 0's attention writes nothing (zero output projection) and its second layer norm has unit gain
-  and zero bias, so the MLP input at a position is the normalized embedding `u[t]` of that token alone,
-  whatever its context (‖u[t]‖² = d);
-- planted neuron `n` for token `X` has pre-activation `GAIN · (u[X]·u[t]/d) − OFFSET`: GAIN − OFFSET on
-  `X`, and below `−FLOOR` on every other token of the vocabulary (checked when built: a seed that gives
-  another token within reach raises, naming the seed);
-- the other neurons ("random") have Gaussian input weights: each is some fixed mixture of tokens.
+- the residual stream has a token half and a position half: random token embeddings (Gaussian, centred,
+  all of one norm) fill the first half of each vector, random position embeddings the second;
+- layer 0's attention writes nothing (zero output projection) and its second layer norm has unit gain and
+  zero bias, so the MLP input at a position is the normalized sum of that token's and that position's
+  embeddings, whatever the context;
+- planted neuron `n` for token `X` reads the token half along `X`'s embedding: its pre-activation is
+  at least +2 on `X` at every position and below `-FLOOR` on every other token at every position (checked
+  for every token and position when built: a seed that lets another token within reach raises);
+- the other neurons ("random") read only the position half with Gaussian weights: they fire by position,
+  whatever the token, so no explanation of tokens should beat its null on them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nx_dagster.model.checkpoint import BUNDLED_DIR
 # word side by side (" The", " the", "The"): a method must read the explanation exactly to tell them apart.
 DEFAULT_TOKENS = (" The", " the", "The", " import", " def", " return", "(", " self", " is", " of", " data",
                   " None")
-GAIN, OFFSET, FLOOR = 10.0, 5.0, 1.0  # planted pre-activation: +5 on its token, below -1 elsewhere
+THRESHOLD, SCALE, FLOOR = 0.65, 20.0, 1.0  # planted pre-activation SCALE·(match − THRESHOLD): ≥ 2 on X, ≤ −FLOOR elsewhere
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class Planted:
     folder: Path
     tokens: dict[int, str]  # planted neuron -> the token it fires on
     n_neurons: int  # planted and random neurons of layer 0
+
+
+def _centred_unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of mean 0 and norm √(columns): the layer norm of a token plus a position is then their plain sum
+    over a constant, so what a neuron reads from one half never depends on the other."""
+    x = x - x.mean(1, keepdim=True)
+    return x / x.norm(dim=1, keepdim=True) * x.shape[1] ** 0.5
 
 
 def build_planted_checkpoint(folder: Path, tokens: tuple[str, ...] = DEFAULT_TOKENS, n_random: int = 20,
@@ -57,23 +66,31 @@ def build_planted_checkpoint(folder: Path, tokens: tuple[str, ...] = DEFAULT_TOK
                                "plant strings that the tokenizer encodes as one token")
         ids.append(enc[0])
     vocab = tokenizer.get_vocab_size()
-    d, n_planted = n_embd, len(ids)
+    d, half, n_planted, n_positions = n_embd, n_embd // 2, len(ids), 64
     n_inner = n_planted + n_random
     g = torch.Generator().manual_seed(seed)
-    wte = torch.randn(vocab, d, generator=g, dtype=torch.float64)
-    u = torch.nn.functional.layer_norm(wte, (d,), eps=1e-5)  # what layer 0's MLP sees at each token
-    fc_w = torch.randn(n_inner, d, generator=g, dtype=torch.float64) / d ** 0.5  # [n_inner, d]
+    wte = torch.zeros(vocab, d, dtype=torch.float64)
+    wte[:, :half] = _centred_unit_rows(torch.randn(vocab, half, generator=g, dtype=torch.float64))
+    wpe = torch.zeros(n_positions, d, dtype=torch.float64)
+    wpe[:, half:] = _centred_unit_rows(torch.randn(n_positions, half, generator=g, dtype=torch.float64))
+    fc_w = torch.zeros(n_inner, d, dtype=torch.float64)  # [n_inner, d]
     fc_b = torch.zeros(n_inner, dtype=torch.float64)
-    planted = u[ids] * (GAIN / d)
-    fc_w[:n_planted], fc_b[:n_planted] = planted, -OFFSET
-    pre = u @ planted.T - OFFSET  # [vocab, n_planted]
+    # planted: SCALE · (w·ln(x) − THRESHOLD) with w = X's token half / its squared norm, so w·ln(x) ≈ 1 on X
+    own = wte[ids, :half]
+    fc_w[:n_planted, :half] = own / (own * own).sum(1, keepdim=True)
+    fc_w[:n_planted] *= SCALE
+    fc_b[:n_planted] = -SCALE * THRESHOLD
+    fc_w[n_planted:, half:] = torch.randn(n_random, d - half, generator=g, dtype=torch.float64) / (d - half) ** 0.5 * 4
+    # every (token, position) pair, as layer 0's MLP sees it
+    x = torch.nn.functional.layer_norm(wte[:, None, :] + wpe[None, :, :], (d,), eps=1e-5)  # [vocab, pos, d]
+    pre = torch.einsum("vpd,nd->nvp", x, fc_w[:n_planted]) + fc_b[:n_planted, None, None]  # [planted, vocab, pos]
     for n, token_id in enumerate(ids):
-        others = torch.cat([pre[:token_id, n], pre[token_id + 1:, n]])
-        if pre[token_id, n] < GAIN - OFFSET - 1e-3 or others.max() > -FLOOR:
+        others = torch.cat([pre[n, :token_id], pre[n, token_id + 1:]])
+        if pre[n, token_id].min() < 2 or others.max() > -FLOOR:
             raise NxInputError(f"planted checkpoint seed {seed}", f"lets another token reach neuron {n}",
                                "choose another seed")
     tensors = {
-        "wte.weight": wte, "wpe.weight": torch.zeros(64, d, dtype=torch.float64),
+        "wte.weight": wte, "wpe.weight": wpe,
         "h.0.ln_1.weight": torch.ones(d), "h.0.ln_1.bias": torch.zeros(d),
         "h.0.attn.c_attn.weight": torch.zeros(d, 3 * d), "h.0.attn.c_attn.bias": torch.zeros(3 * d),
         "h.0.attn.c_proj.weight": torch.zeros(d, d), "h.0.attn.c_proj.bias": torch.zeros(d),
@@ -84,7 +101,7 @@ def build_planted_checkpoint(folder: Path, tokens: tuple[str, ...] = DEFAULT_TOK
         "ln_f.weight": torch.ones(d), "ln_f.bias": torch.zeros(d),
     }
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-              "vocab_size": vocab, "n_positions": 64, "n_ctx": 64, "n_embd": d, "n_layer": 1, "n_head": 4,
+              "vocab_size": vocab, "n_positions": n_positions, "n_ctx": n_positions, "n_embd": d, "n_layer": 1, "n_head": 4,
               "n_inner": n_inner, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
