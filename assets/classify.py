@@ -59,9 +59,7 @@ def classification_asset(explanation_variant: str, scored_variant: str) -> dg.As
 
         s = nx.subject
         layer_list = sorted(int(k) for k in context.partition_keys)
-        judge = llm.judge_for(nx.catalog)
-        if judge.client is not None:
-            judge.client.on_progress = context.log.info
+        judge = llm.judge_for(nx.catalog, context.log.info)
         with input_errors_fail_fast():
             out = stage.write_classification_scores(
                 nx.catalog, s.name, s.corpus.name, explanation_variant, scored_variant, layer_list,
@@ -120,9 +118,7 @@ def intruder_asset(variant: str) -> dg.AssetsDefinition:
 
         s = nx.subject
         layer_list = sorted(int(k) for k in context.partition_keys)
-        judge = llm.judge_for(nx.catalog)
-        if judge.client is not None:
-            judge.client.on_progress = context.log.info
+        judge = llm.judge_for(nx.catalog, context.log.info)
         with input_errors_fail_fast():
             out = stage.write_intruder_scores(nx.catalog, s.name, s.corpus.name, variant, layer_list,
                                               shard_of(config.neurons, s.ckpt.config.n_neurons), judge,

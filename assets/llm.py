@@ -66,12 +66,15 @@ class LLMResource(dg.ConfigurableResource):
                                "give a number from 0 (no nulls) to 1 (a null for every neuron)")
         return self.null_fraction
 
-    def judge_for(self, catalog: Catalog):
-        """The judge of the detection, fuzzing and intruder scores (its client made on first use)."""
+    def judge_for(self, catalog: Catalog, progress=None):
+        """The judge of the detection, fuzzing and intruder scores (its client made on first use; `progress`
+        gets its progress lines)."""
         from nx_dagster.explain.classify import Judge
 
         name = self.judge_name
         client = self.client(catalog, name != TOKEN_LOOKUP)
+        if client is not None and progress is not None:
+            client.on_progress = progress
         return Judge(name, client, client.settings.judging_model if client else None)
 
     def client(self, catalog: Catalog, needed: bool) -> LLMClient | None:

@@ -39,7 +39,7 @@ def method_check(context: dg.AssetExecutionContext, nx: NxResource, llm: LLMReso
     if client is not None:
         client.on_progress = context.log.info
     with input_errors_fail_fast():
-        rows = check_method(llm.explainer_name, llm.simulator_name, llm.judge_for(nx.catalog), client,
+        rows = check_method(llm.explainer_name, llm.simulator_name, llm.judge_for(nx.catalog, context.log.info), client,
                             n_random=config.n_random, sequences=config.sequences, report=context.log.info)
     write_method_check(nx.catalog, rows)
     passed = all(r["passed"] for r in rows)

@@ -48,13 +48,14 @@ def synthetic_neurons(n: int) -> list[NeuronRecords]:
     return out
 
 
-def scorers(neurons, explanations, judge):
+def scorers(neurons, explanations, judge, null_fraction: float = 0.0):
+    """Each scorer as a call, classification scorers with `null_fraction` of the neurons given a null."""
     pairs = pair_by_neuron(explanations, neurons)
     return {
         "simulation": lambda: score_simulations(simulations_table(simulate(
             pairs, judge.name if judge.name != "logprob_free" else "json_logprobs", judge.client))),
-        DETECTION: lambda: classify.classification_rows(DETECTION, pairs, judge),
-        FUZZING: lambda: classify.classification_rows(FUZZING, pairs, judge),
+        DETECTION: lambda: classify.classification_rows(DETECTION, pairs, judge, null_fraction=null_fraction),
+        FUZZING: lambda: classify.classification_rows(FUZZING, pairs, judge, null_fraction=null_fraction),
         "intruder": lambda: classify.intruder_rows(neurons, judge),
     }
 
@@ -62,7 +63,7 @@ def scorers(neurons, explanations, judge):
 def offline(n: int, repeats: int) -> None:
     neurons = synthetic_neurons(n)
     explanations = explain_neurons(neurons, "token_lookup", None)
-    runs = scorers(neurons, explanations, classify.Judge("token_lookup"))
+    runs = scorers(neurons, explanations, classify.Judge("token_lookup"), null_fraction=1.0)
     times = {}
     for name, run in runs.items():
         samples = []
@@ -71,7 +72,7 @@ def offline(n: int, repeats: int) -> None:
             run()
             samples.append(time.perf_counter() - t0)
         times[name] = statistics.median(samples)
-    print(f"offline methods, {n:,} neurons (median of {repeats}):")
+    print(f"offline methods, {n:,} neurons, detection and fuzzing with a null for every neuron (median of {repeats}):")
     for name, t in times.items():
         print(f"  {name:11s} {t:7.2f} s  {n / t:9,.0f} neurons/s  {t / times['simulation']:.2f}x simulation")
 
@@ -81,7 +82,7 @@ def llm(n: int) -> None:
 
     neurons = synthetic_neurons(n)
     explanations = explain_neurons(neurons, "token_lookup", None)
-    print(f"LLM judges against the local test server, {n} neurons, null for every neuron (per neuron):")
+    print(f"LLM methods against the local test server, {n} neurons, per neuron (a null costs as much again):")
     with FakeLLMServer() as server, tempfile.TemporaryDirectory() as tmp:
         for judge_name in ("json_logprobs", "logprob_free"):
             for name in ("simulation", DETECTION, FUZZING, "intruder"):
@@ -92,10 +93,7 @@ def llm(n: int) -> None:
                 judge = classify.Judge(judge_name, client, "fake-model")
                 run = scorers(neurons, explanations, judge)[name]
                 t0 = time.perf_counter()
-                if name in (DETECTION, FUZZING):
-                    classify.classification_rows(name, pair_by_neuron(explanations, neurons), judge, null_fraction=1.0)
-                else:
-                    run()
+                run()
                 seconds = time.perf_counter() - t0
                 s = client.ledger.summary()
                 print(f"  {name:11s} {judge_name:13s} requests {s['calls'] / n:6.1f}  prompt tokens "

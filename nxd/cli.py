@@ -35,7 +35,7 @@ def cmd_sql(args) -> int:
         return _input_error(
             f"query {sql.strip()!r}", str(e).strip(),
             "nxd sql only reads: tables change through `nxd run` (or Dagster)" if read_only
-            else "correct the SQL; `SHOW TABLES` and the README's SQL contract list the tables and columns")
+            else "correct the SQL; `SHOW TABLES` and docs/tables.md list the tables and columns")
 
     with cat.session(read_only=True, snapshot=_release_snapshot(cat, args.release)) as con:
         try:

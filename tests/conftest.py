@@ -13,7 +13,7 @@ pytest_plugins = ["tests.s3_server"]  # fixtures s3_server (moto's standalone se
 @pytest.fixture(scope="session")
 def bundled_run(tmp_path_factory):
     """The README's main job on the embedded defaults (bundled model and corpus, offline explainer),
-    320 sequences, run once per session: returns the folder holding `nx_data/` (NX_HOME) and the Dagster
+    320 sequences, and `nxd check-method`, run once per session: returns the folder holding `nx_data/` (NX_HOME) and the Dagster
     instance (DAGSTER_HOME). The settings (every one at its default but NX_HOME) and DAGSTER_HOME hold
     for the run only, so tests pass the paths explicitly (`--home`, `Catalog(path)`)."""
     root = tmp_path_factory.mktemp("main")
@@ -22,6 +22,7 @@ def bundled_run(tmp_path_factory):
     try:
         with settings.use(settings.from_values(nx_home=str(root / "nx_data"))):
             assert main(["run", "--max-sequences", "320"]) == 0
+            assert main(["check-method"]) == 0  # the README's known-answer check (docs/scores.md queries it)
             assert main(["release", "r1", "--message", "the README's examples query this release"]) == 0
     finally:
         mp.undo()

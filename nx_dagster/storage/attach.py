@@ -162,6 +162,6 @@ def attach(con: duckdb.DuckDBPyConnection, where: Location, read_only: bool, sna
             raise _pg_error(where, e) from None
         if where.remote and ("http" in str(e).lower() or "s3" in str(e).lower()):
             raise NxInputError(f"NX_HOME {where.home!r}", f"could not be read ({str(e).splitlines()[0][:200]})",
-                               "check the AWS settings (README: Object storage)") from None
+                               "check the AWS settings (docs/storage.md: Object storage)") from None
         raise
     con.execute(f"USE {ALIAS}")

@@ -5,7 +5,7 @@ the local state that one machine keeps for it.
   data lives under `NX_HOME/data/`, with `root_id` beside it; releases and exports can live there too.
 - `NX_CATALOG` (the DuckLake metadata): unset means a SQLite file `catalog.sqlite` in the local state
   folder; a path (or `sqlite:PATH`) names another SQLite file; `postgresql://user:password@host:port/db`
-  puts the metadata in PostgreSQL (several machines, see README "Several machines").
+  puts the metadata in PostgreSQL (several machines, see docs/several-machines.md).
 - The local state folder holds what never goes to object storage: the default catalog file, the writer
   lock, staging Parquet, the Dagster run history (`.dagster`) and the LLM call ledger. For a local
   NX_HOME it is NX_HOME itself (the root stays self-contained and relocatable). For `s3://bucket/prefix`

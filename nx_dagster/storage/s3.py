@@ -144,7 +144,7 @@ def check_bucket(url: str, write: bool) -> None:
                                f"refused the AWS credentials ({code or status}: wrong key, or no "
                                f"{'write ' if write else ''}access)", CRED_FIX) from None
         raise NxInputError(f"bucket {bucket!r} of NX_HOME {where}", f"answered {code or status}: {e}",
-                           "check the AWS settings (README: Object storage)") from None
+                           "check the AWS settings (docs/storage.md: Object storage)") from None
 
 
 def duckdb_secret(bucket: str) -> str:
