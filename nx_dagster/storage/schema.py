@@ -22,6 +22,10 @@ _SQL_TYPES = {VARCHAR: "VARCHAR", INTEGER: "INTEGER", BIGINT: "BIGINT", FLOAT: "
               BOOLEAN: "BOOLEAN", TIMESTAMPTZ: "TIMESTAMP WITH TIME ZONE"}
 
 
+# the columns that place a connection's top-k entry (connections.neurons.list_columns builds them)
+_CONNECTION_PLACE = [("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("direction", VARCHAR),
+                     ("sign", VARCHAR), ("rank", INTEGER)]
+
 # table -> (one-line description, columns)
 _TABLES: dict[str, tuple[str, list[tuple[str, pa.DataType]]]] = {
     "models": ("One row per model checkpoint: its shape and the checkpoint it was read from.", [
@@ -44,12 +48,10 @@ _TABLES: dict[str, tuple[str, list[tuple[str, pa.DataType]]]] = {
         ("model", VARCHAR), ("corpus", VARCHAR), ("layer", INTEGER), ("n", BIGINT), ("median", DOUBLE),
         ("p90", DOUBLE), ("p99", DOUBLE), ("p999", DOUBLE), ("max", DOUBLE), ("mean", DOUBLE)]),
     "neuron_connections": ("Per neuron, the top-k upstream and downstream neurons by weight, of each sign.", [
-        ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("direction", VARCHAR), ("sign", VARCHAR),
-        ("rank", INTEGER), ("other_layer", INTEGER), ("other_neuron", INTEGER), ("weight", FLOAT),
+        *_CONNECTION_PLACE, ("other_layer", INTEGER), ("other_neuron", INTEGER), ("weight", FLOAT),
         ("source", VARCHAR)]),
     "token_connections": ("Per neuron, the top-k input and output tokens by weight, of each sign.", [
-        ("model", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER), ("direction", VARCHAR), ("sign", VARCHAR),
-        ("rank", INTEGER), ("token_id", INTEGER), ("token", VARCHAR), ("weight", FLOAT), ("source", VARCHAR)]),
+        *_CONNECTION_PLACE, ("token_id", INTEGER), ("token", VARCHAR), ("weight", FLOAT), ("source", VARCHAR)]),
     "token_activation_summary": ("Per neuron, the tokens with the highest mean activation over the corpus.", [
         ("model", VARCHAR), ("corpus", VARCHAR), ("gelu_variant", VARCHAR), ("layer", INTEGER), ("neuron", INTEGER),
         ("rank", INTEGER), ("token_id", INTEGER), ("token", VARCHAR), ("mean_activation", FLOAT),
