@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nx_dagster.explain.classification import (
-    balanced_accuracy_interval, confusion, correlation_interval, percentile_interval, resample_counts)
+    auroc, balanced_accuracy_interval, confusion, correlation_interval, percentile_interval, resample_counts)
 from nx_dagster.explain.classify import Judge, accuracy_interval
 from nx_dagster.explain.excerpts import TRIAL_SIZE
 from nx_dagster.storage import Catalog
@@ -141,6 +141,8 @@ def test_an_llm_judge_in_the_stage_goes_through_the_ledger(tmp_path):
         assert {r["judge_model"] for r in table} == {"judge-model"}
         scored = [r for r in table if r["balanced_accuracy"] is not None]
         assert scored and all(r["auroc"] is not None for r in scored)  # probabilities from top_logprobs
+        for r in scored:  # AUROC recomputed from the stored excerpts' truth and probabilities
+            assert r["auroc"] == pytest.approx(auroc(np.array(r["excerpt_truth"]), np.array(r["excerpt_probability"])))
         assert rows(cat, "SELECT count(*) n FROM llm_calls")[0]["n"] == sent
         write_classification_scores(cat, s.name, s.corpus.name, "post_fix", "post_fix", [0], range(0, 6),
                                     "token_lookup", judge(), null_fraction=0.5)
