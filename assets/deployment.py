@@ -4,7 +4,7 @@ of machine their steps need, each job with its own executor.
 The kind of machine follows the pool each asset already declares (`pool=` on the asset):
 - `gpu`: the `compute` pool (activations, gelu_fix_impact, connections): forward passes and weight
   products, on GPU nodes;
-- `llm`: the `llm` pool (explanations, scores): network-bound calls to the LLM endpoint, on small CPU
+- `llm`: the `llm` pool (explanations, every scorer, the method check): network-bound calls to the LLM endpoint, on small CPU
   nodes near it;
 - `cpu`: model and sequences: tokenizing and bookkeeping. (`release_job` stays as it is, on the
   `cpu` executor.)
@@ -38,6 +38,10 @@ def machine_kind(asset: dg.AssetsDefinition) -> str:
     return _POOL_KIND.get(getattr(asset.node_def, "pool", None) or "", "cpu")
 
 
+# materialized on request (release_job, `nxd check-method`), never as part of a machine kind's job
+ON_REQUEST = (dg.AssetKey("release"), dg.AssetKey("method_check"))
+
+
 def step_kinds(defs: dg.Definitions | None = None) -> dict[str, str]:
     """{step (op) name: machine kind} for every asset of the project, e.g. `activations: gpu`."""
     return {asset.node_def.name: machine_kind(asset) for asset in (defs or project_defs()).assets}
@@ -57,7 +61,7 @@ def deployment_definitions(executor: dg.ExecutorDefinition,
     assets = []
     kinds: dict[str, list[dg.AssetKey]] = {k: [] for k in KINDS}
     for asset in base.assets:
-        kinds[machine_kind(asset)].extend(k for k in asset.keys if k != dg.AssetKey("release"))
+        kinds[machine_kind(asset)].extend(k for k in asset.keys if k not in ON_REQUEST)
         if asset.partitions_def is not None:
             asset = asset.with_attributes(backfill_policy=dg.BackfillPolicy.multi_run(per_run))
         assets.append(asset)

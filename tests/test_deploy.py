@@ -48,12 +48,16 @@ def test_steps_go_to_the_pool_of_their_kind():
     assert {s for s, k in kinds.items() if k == "gpu"} == {"activations", "connections"}
     assert {s for s, k in kinds.items() if k == "llm"} == {
         "pre_fix__explanations", "post_fix__explanations", "pre_fix__scores", "post_fix__scores",
-        "post_fix__scores_of_pre_fix_explanations"}
+        "post_fix__scores_of_pre_fix_explanations", "pre_fix__classification_scores",
+        "post_fix__classification_scores", "post_fix__classification_scores_of_pre_fix_explanations",
+        "pre_fix__intruder_scores", "post_fix__intruder_scores", "method_check"}
 
     d = _load(DEPLOY / "k8s" / "definitions.py").defs()
     jobs = {j.name: j for j in d.resolve_all_job_defs()}
     assert {n.name for n in jobs["gpu_job"].graph.nodes} == {s for s, k in kinds.items() if k == "gpu"}
-    assert {n.name for n in jobs["llm_job"].graph.nodes} == {s for s, k in kinds.items() if k == "llm"}
+    # method_check runs on request (`nxd check-method`), never as part of a kind's job
+    assert {n.name for n in jobs["llm_job"].graph.nodes} == {s for s, k in kinds.items() if k == "llm"} - {
+        "method_check"}
     import dagster as dg
 
     partitioned = [a for a in d.assets if a.partitions_def is not None]

@@ -4,7 +4,7 @@ per step of that run on the node pool of the step's kind:
 
 - `gpu` steps (activations, gelu_fix_impact, connections): nodes labelled `nx-dagster/pool=gpu`, one
   NVIDIA GPU each (`nvidia.com/gpu: 1`), tolerating the usual `nvidia.com/gpu` taint;
-- `llm` steps (explanations, scores): nodes labelled `nx-dagster/pool=llm`, small CPU pods;
+- `llm` steps (explanations, every scorer): nodes labelled `nx-dagster/pool=llm`, small CPU pods;
 - `cpu` steps (model, sequences, release): nodes labelled `nx-dagster/pool=cpu`.
 
 Served by `dagster api grpc --python-file deploy/k8s/definitions.py --working-directory /app` (see
