@@ -99,6 +99,7 @@ def test_parse_answers_probabilities_and_failures():
     assert parse_answers(_choice(text), 2, False) == ([1.0, 0.0], None)
     assert "2 answers for 3" in parse_answers(_choice(text), 3, False)[1]
     assert "other than 0 and 1" in parse_answers(_choice('{"answers": [2, 0]}'), 2, False)[1]
+    assert "other than 0 and 1 (True)" in parse_answers(_choice('{"answers": [true, 0]}'), 2, False)[1]
     assert "do not spell" in parse_answers(_choice(text), 2, True)[1]
     assert parse_intruder(_choice('{"intruder": 3}'), 5) == (2, None)
     assert parse_intruder(_choice('{"intruder": 6}'), 5)[0] is None

@@ -34,6 +34,7 @@ from nx_dagster.explain.classification import (
 from nx_dagster.explain.llm import LLMClient, LLMRequest
 from nx_dagster.explain.records import Explanation, NeuronRecords
 from nx_dagster.vocab import JSON_LOGPROBS, TOKEN_LOOKUP
+
 _METRICS = ("n_positive", "n_negative", "true_positive", "false_positive", "true_negative", "false_negative",
             "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "f1", "auroc",
             "excerpt_probability", "null_explanation_id", "null_balanced_accuracy")  # NULL until computed
@@ -74,7 +75,8 @@ def accuracy_interval(n_trials: int, n_correct: int, seed: int) -> tuple[float |
     return percentile_interval(resample_counts(n_trials, seed) @ correct / n_trials)
 
 
-def _ask(judge: Judge, questions: list[tuple[str, list[ex.Excerpt]]], scorer: str) -> list[tuple[list | None, str | None]]:
+def _ask(judge: Judge, questions: list[tuple[str, list[ex.Excerpt]]], scorer: str
+         ) -> list[tuple[list | None, str | None]]:
     """Per (explanation, excerpts): the judge's probabilities of "yes", or a failure reason."""
     if judge.offline:
         answer = judges.offline_detection if scorer == judges.DETECTION else judges.offline_fuzzing

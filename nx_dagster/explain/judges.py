@@ -145,9 +145,11 @@ def parse_answers(choice: dict, n: int, with_logprobs: bool) -> tuple[list[float
     text, reply = found
     answers = reply.get("answers") if isinstance(reply, dict) else None
     if not isinstance(answers, list) or len(answers) != n:
-        return None, f"structured output has {len(answers) if isinstance(answers, list) else 'no'} answers for {n} excerpts"
-    if any(a not in (0, 1) or isinstance(a, bool) for a in answers):
-        return None, f"structured output has answers other than 0 and 1 ({[a for a in answers if a not in (0, 1)][0]!r})"
+        count = len(answers) if isinstance(answers, list) else "no"
+        return None, f"structured output has {count} answers for {n} excerpts"
+    bad = [a for a in answers if isinstance(a, bool) or a not in (0, 1)]
+    if bad:
+        return None, f"structured output has answers other than 0 and 1 ({bad[0]!r})"
     if not with_logprobs:
         return [float(a) for a in answers], None
     content = ((choice.get("logprobs") or {}).get("content")) or []

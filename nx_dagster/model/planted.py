@@ -33,7 +33,8 @@ from nx_dagster.model.checkpoint import BUNDLED_DIR
 # word side by side (" The", " the", "The"): a method must read the explanation exactly to tell them apart.
 DEFAULT_TOKENS = (" The", " the", "The", " import", " def", " return", "(", " self", " is", " of", " data",
                   " None")
-THRESHOLD, SCALE, FLOOR = 0.65, 20.0, 1.0  # planted pre-activation SCALE·(match − THRESHOLD): ≥ 2 on X, ≤ −FLOOR elsewhere
+# a planted pre-activation is SCALE·(match − THRESHOLD): at least 2 on its token, at most −FLOOR elsewhere
+THRESHOLD, SCALE, FLOOR = 0.65, 20.0, 1.0
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ def build_planted_checkpoint(folder: Path, tokens: tuple[str, ...] = DEFAULT_TOK
         "ln_f.weight": torch.ones(d), "ln_f.bias": torch.zeros(d),
     }
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-              "vocab_size": vocab, "n_positions": n_positions, "n_ctx": n_positions, "n_embd": d, "n_layer": 1, "n_head": 4,
-              "n_inner": n_inner, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+              "vocab_size": vocab, "n_positions": n_positions, "n_ctx": n_positions, "n_embd": d, "n_layer": 1,
+              "n_head": 4, "n_inner": n_inner, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
