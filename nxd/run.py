@@ -51,6 +51,10 @@ def cmd_run(args) -> int:
     for s in scorers:
         if s not in SCORERS:
             raise _input_error(f"scorer {s!r}", "is not a scorer", f"use some of {', '.join(SCORERS)}")
+    definitions = defs()
+    all_assets = list(definitions.assets)
+    llm = _llm_resource(args, definitions.resources["llm"])
+    llm.explainer_name, llm.simulator_name, llm.judge_name, llm.checked_null_fraction()  # noqa: B018  (validated first)
     nx = _resource(args)
     # Validate every input before anything runs, so bad input changes no table.
     print("nxd: checking the checkpoint and the corpus", file=sys.stderr, flush=True)
@@ -61,10 +65,6 @@ def cmd_run(args) -> int:
     if neurons and len(contiguous_runs(neurons)) > 1:
         raise _input_error(f"neurons {args.neurons!r}", "is not one contiguous range", "use a range like 0-511")
 
-    definitions = defs()
-    all_assets = list(definitions.assets)
-    llm = _llm_resource(args, definitions.resources["llm"])
-    llm.explainer_name, llm.simulator_name, llm.judge_name, llm.checked_null_fraction()  # noqa: B018  (validated first)
     instance = open_instance(nx.catalog)
     from assets.runtime import runs
 
