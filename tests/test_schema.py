@@ -109,7 +109,7 @@ def test_every_table_has_a_description_and_row_keys_name_its_columns():
     assert set(schema.DESCRIPTIONS) == set(schema.TABLES)
     for table, keys in schema.ROW_KEYS.items():
         assert set(keys) <= set(schema.TABLES[table].names), table
-    assert set(schema.DATA_TABLES) | set(schema.RELEASE_TABLES) == set(schema.TABLES)
+    assert set(schema.DATA_TABLES) | set(schema.RELEASE_TABLES) | set(schema.CHECK_TABLES) == set(schema.TABLES)
 
 
 def test_docs_tables_md_is_generated():

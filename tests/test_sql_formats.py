@@ -19,7 +19,7 @@ def _value(typ: str):
     if typ.endswith("[]"):
         return f"[{_value(typ[:-2])}, NULL, {_value(typ[:-2])}]::{typ}"
     return {"VARCHAR": "'" + TEXT.replace("'", "''") + "'", "INTEGER": "7", "BIGINT": "9007199254740993",
-            "FLOAT": "'nan'::FLOAT", "DOUBLE": "'-inf'::DOUBLE",
+            "FLOAT": "'nan'::FLOAT", "DOUBLE": "'-inf'::DOUBLE", "BOOLEAN": "true",
             "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ '2026-01-02 03:04:05+00'"}[typ]
 
 

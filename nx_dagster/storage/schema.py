@@ -127,7 +127,10 @@ DESCRIPTIONS: dict[str, str] = {name: text for name, (text, _) in _TABLES.items(
 
 # The tables a release freezes (the release bookkeeping itself is not part of a release's content).
 RELEASE_TABLES = ("releases", "release_neuron_changes")
-DATA_TABLES = tuple(t for t in TABLES if t not in RELEASE_TABLES)
+# Records of `nxd check-method` runs: about a method set-up, not a model's data, so neither frozen in a
+# release nor exported.
+CHECK_TABLES = ("method_checks",)
+DATA_TABLES = tuple(t for t in TABLES if t not in RELEASE_TABLES + CHECK_TABLES)
 
 # Columns that identify a row's "slot" for a release changelog: a slot present only in the new release is
 # added, only in the parent removed, in both with other content changed.
